@@ -1,0 +1,120 @@
+"""The router's view of the breakers: admit a call, report how it went.
+
+Decides from the local mirror whenever it can (a CLOSED, healthy provider costs no
+store call) and goes to the store only to report failures, to report successes while
+the window holds failures, and to compete for the half-open probe. Holds no lock
+across a provider call. When the shared store is unreachable it keeps serving with a
+local-only store (same thresholds) until the sync layer says the store is back.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import uuid
+from collections.abc import Callable
+
+from flexitasks.breaker.memory_store import MemoryBreakerStore
+from flexitasks.breaker.redis_store import BreakerStoreError
+from flexitasks.breaker.store import BreakerPolicy, BreakerState, BreakerStore, StoreResult
+from flexitasks.failover.classify import ProviderFailure
+from flexitasks.failover.router import Permit
+from flexitasks.sync.mirror import Mirror
+
+log = logging.getLogger(__name__)
+
+TransitionListener = Callable[[StoreResult], None]
+
+
+class FleetGate:
+    def __init__(
+        self,
+        shared: BreakerStore,
+        mirror: Mirror,
+        policies: dict[str, BreakerPolicy],
+        on_transition: TransitionListener | None = None,
+    ) -> None:
+        self.shared = shared
+        self.local = MemoryBreakerStore()
+        self.mirror = mirror
+        self.policies = policies
+        self.on_transition = on_transition
+        self.degraded = True  # until the sync layer has read the shared state once
+        self._warned = False
+        self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+
+    # -- store access with the degraded fallback -------------------------------------------
+    def _store(self) -> BreakerStore:
+        return self.local if self.degraded else self.shared
+
+    def set_degraded(self, degraded: bool) -> None:
+        if degraded and not self.degraded:
+            log.warning("breaker store unreachable: serving with local-only breakers until it is back")
+            self._warned = True
+        elif not degraded and self.degraded:
+            if self._warned:
+                log.warning("breaker store reachable again: shared breakers resumed")
+            self.local = MemoryBreakerStore()
+        self.degraded = degraded
+
+    def _call(self, op: Callable[[BreakerStore], StoreResult]) -> StoreResult:
+        try:
+            result = op(self._store())
+        except BreakerStoreError:
+            self.set_degraded(True)
+            result = op(self.local)
+        if not self.degraded:
+            self.mirror.apply(result.snapshot)
+        if result.transitioned and self.on_transition is not None:
+            self.on_transition(result)
+        return result
+
+    # -- BreakerGate ----------------------------------------------------------------------------
+    def admit(self, provider: str) -> Permit | None:
+        if self.degraded:
+            return self._admit_by_store(provider)
+        view = self.mirror.get(provider).snapshot
+        now = self.mirror.now()
+        if view.state in (BreakerState.CLOSED, BreakerState.DISABLED):
+            return Permit(provider)
+        if view.state is BreakerState.FORCED_OPEN:
+            return None
+        if view.state is BreakerState.OPEN and now < view.open_until:
+            return None
+        if view.state is BreakerState.HALF_OPEN and view.probe_owner not in (None, self.owner) and now < view.probe_until:
+            return None
+        return self._admit_by_store(provider)
+
+    def _admit_by_store(self, provider: str) -> Permit | None:
+        policy = self.policies[provider]
+        result = self._call(lambda s: s.acquire_probe(provider, policy, self.owner))
+        if not result.granted:
+            return None
+        return Permit(provider, probe=result.snapshot.state is BreakerState.HALF_OPEN)
+
+    def succeeded(self, permit: Permit) -> None:
+        policy = self.policies[permit.provider]
+        if permit.probe:
+            self._call(lambda s: s.probe_result(permit.provider, policy, self.owner, True))
+        elif self.degraded or self._window_has_failures(permit.provider):
+            self._call(lambda s: s.record_success(permit.provider, policy, 1))
+
+    def failed(self, permit: Permit, failure: ProviderFailure) -> None:
+        policy = self.policies[permit.provider]
+        if permit.probe:
+            ok = not failure.kind.blames_provider  # it answered: alive, if unhappy with us
+            self._call(lambda s: s.probe_result(permit.provider, policy, self.owner, ok))
+        elif failure.kind.blames_provider:
+            self._call(lambda s: s.record_failure(permit.provider, policy))
+
+    def cool_down(self, provider: str, seconds: float) -> None:
+        policy = self.policies[provider]
+        self._call(lambda s: s.cool_down(provider, policy, seconds))
+
+    def _window_has_failures(self, provider: str) -> bool:
+        """Successes only matter for the failure rate while failures are in the window;
+        a healthy provider's successes are never sent (zero store calls per call)."""
+        view = self.mirror.get(provider)
+        window = self.policies[provider].window
+        return view.snapshot.failures > 0 and self.mirror.now() - view.failures_seen_at < window

@@ -1,0 +1,257 @@
+"""The fleet-shared breaker store: one Lua script in Redis per operation call.
+
+This module owns the Python side of ``transition.lua``: building KEYS/ARGV, loading
+the script once (``register_script`` -> EVALSHA, re-loaded on NOSCRIPT), decoding the
+flat reply into a ``StoreResult`` and turning every Redis failure into a
+``BreakerStoreError`` that names the operation and provider. The rules themselves are
+in the Lua (mirrored by ``machine.py``); this file decides nothing. It must not know
+about Celery, HTTP or providers' SDKs, nor fall back to memory on its own: degrading
+to ``MemoryBreakerStore`` is the caller's decision.
+
+Key layout (every key written has a TTL, refreshed on each write):
+
+* ``{key_prefix}:breaker:{provider}`` hash: state, generation, open_until,
+  reopen_count, probe_owner ('' = none), probe_until, probe_successes, reason
+  (TTL 1 day);
+* ``{key_prefix}:window:{provider}`` hash: ``w`` (window length of the buckets),
+  ``f:<bucket>``/``c:<bucket>`` failure/call counters, bucket =
+  floor(now / (window / 60)) (TTL ceil(window) + 1 s).
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib.resources
+import math
+import random
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import redis
+
+from flexitasks.breaker import machine
+from flexitasks.breaker.store import BreakerPolicy, BreakerSnapshot, BreakerState, StoreResult
+from flexitasks.errors import FlexitasksError
+
+__all__ = ["BreakerStoreError", "InvalidBreakerOperation", "RedisBreakerStore"]
+
+_BADARG = "BREAKER_BADARG"
+
+
+class BreakerStoreError(FlexitasksError):
+    """The breaker store could not carry out an operation (Redis down, script error...).
+
+    The message names the operation and provider; ``op``/``provider`` carry them for
+    code, and the Redis exception is chained as ``__cause__``. Callers typically
+    degrade to ``MemoryBreakerStore`` on this error.
+    """
+
+    def __init__(self, message: str, *, op: str | None = None, provider: str | None = None) -> None:
+        super().__init__(message)
+        self.op = op
+        self.provider = provider
+
+
+class InvalidBreakerOperation(BreakerStoreError, ValueError):
+    """A malformed call (unknown op, bad argument or policy): a bug, never retry it."""
+
+
+@functools.lru_cache(maxsize=1)
+def _script_source() -> str:
+    return importlib.resources.files("flexitasks.breaker").joinpath("transition.lua").read_text("utf-8")
+
+
+@functools.lru_cache(maxsize=128)
+def _policy_argv(policy: BreakerPolicy) -> tuple[str, ...]:
+    """ARGV[6..13]; floats as repr() so Lua's tonumber reads back the exact double."""
+    return (
+        str(policy.failure_threshold),
+        repr(float(policy.failure_rate_threshold)),
+        repr(float(policy.window)),
+        repr(float(policy.recovery_timeout)),
+        repr(float(policy.max_recovery_timeout)),
+        str(policy.success_threshold),
+        repr(float(policy.jitter)),
+        repr(float(policy.probe_ttl)),
+    )
+
+
+def _text(value: Any) -> str:
+    return value.decode("utf-8") if isinstance(value, bytes) else str(value)
+
+
+def _decode(provider: str, row: Sequence[Any]) -> StoreResult:
+    """Turn the script's flat reply (see transition.lua's header) into a StoreResult."""
+    (granted, transitioned, previous, state, generation, open_until, reopen_count, owner,
+     probe_until, probe_successes, failures, calls, reason, now) = row
+    previous_s, owner_s = _text(previous), _text(owner)
+    snapshot = BreakerSnapshot(
+        provider=provider,
+        state=BreakerState(_text(state)),
+        generation=int(generation),
+        open_until=float(_text(open_until)),
+        reopen_count=int(reopen_count),
+        probe_owner=owner_s or None,
+        probe_until=float(_text(probe_until)),
+        probe_successes=int(probe_successes),
+        failures=int(failures),
+        calls=int(calls),
+        reason=_text(reason),
+        now=float(_text(now)),
+    )
+    return StoreResult(
+        snapshot=snapshot,
+        transitioned=bool(int(transitioned)),
+        previous=BreakerState(previous_s) if previous_s else None,
+        granted=bool(int(granted)),
+    )
+
+
+class RedisBreakerStore:
+    """``BreakerStore`` over Redis; safe to share between threads (no local state).
+
+    ``clock`` replaces Redis ``TIME`` (tests only: every process of a fleet must use
+    the same clock, which only Redis ``TIME`` gives). ``rng`` draws the jitter: one
+    draw per ``record_failure``/``probe_result`` call, sent in ARGV.
+    """
+
+    def __init__(
+        self,
+        client: redis.Redis,
+        key_prefix: str,
+        channel: str,
+        clock: Callable[[], float] | None = None,
+        rng: random.Random | None = None,
+    ) -> None:
+        if not key_prefix:
+            raise ValueError("key_prefix must be non-empty")
+        if not channel:
+            raise ValueError("channel must be non-empty")
+        self._client = client
+        self._prefix = key_prefix
+        self._channel = channel
+        self._clock = clock
+        self._rng = rng if rng is not None else random.Random()
+        self._script = client.register_script(_script_source())
+
+    # ------------------------------------------------------------ keys
+
+    def state_key(self, provider: str) -> str:
+        return f"{self._prefix}:breaker:{provider}"
+
+    def window_key(self, provider: str) -> str:
+        return f"{self._prefix}:window:{provider}"
+
+    # ------------------------------------------------------------ BreakerStore
+
+    def snapshot(self, providers: list[str]) -> dict[str, BreakerSnapshot]:
+        """All providers' snapshots read atomically in one round trip, ``now`` = store time."""
+        names = list(dict.fromkeys(providers))
+        if not names:
+            return {}
+        label = ",".join(names)
+        try:
+            for name in names:
+                self._check_provider(name)
+            now = self._now_arg()
+        except ValueError as exc:
+            raise InvalidBreakerOperation(f"breaker snapshot of {label!r}: {exc}", op="snapshot", provider=label) from None
+        keys: list[str] = []
+        for name in names:
+            keys += [self.state_key(name), self.window_key(name)]
+        rows = self._eval("snapshot", label, keys, ["snapshot", now])
+        try:
+            return {name: _decode(name, row).snapshot for name, row in zip(names, rows, strict=True)}
+        except (ValueError, TypeError) as exc:
+            raise BreakerStoreError(
+                f"breaker snapshot of {label!r}: unreadable reply from Redis: {exc}", op="snapshot", provider=label
+            ) from exc
+
+    def record_failure(self, provider: str, policy: BreakerPolicy, successes: int = 0) -> StoreResult:
+        return self._run("record_failure", provider, policy, successes=successes)
+
+    def record_success(self, provider: str, policy: BreakerPolicy, successes: int = 1) -> StoreResult:
+        return self._run("record_success", provider, policy, successes=successes)
+
+    def acquire_probe(self, provider: str, policy: BreakerPolicy, owner: str) -> StoreResult:
+        return self._run("acquire_probe", provider, policy, owner=owner)
+
+    def probe_result(self, provider: str, policy: BreakerPolicy, owner: str, ok: bool) -> StoreResult:
+        return self._run("probe_result", provider, policy, owner=owner, ok=ok)
+
+    def cool_down(self, provider: str, policy: BreakerPolicy, seconds: float) -> StoreResult:
+        return self._run("cool_down", provider, policy, seconds=seconds)
+
+    def force(self, provider: str, policy: BreakerPolicy, state: BreakerState) -> StoreResult:
+        return self._run("force", provider, policy, target=state)
+
+    # ------------------------------------------------------------ plumbing
+
+    @staticmethod
+    def _check_provider(provider: str) -> None:
+        if not isinstance(provider, str) or not provider:
+            raise ValueError(f"provider must be a non-empty str, got {provider!r}")
+
+    def _now_arg(self) -> str:
+        """'' lets the script read Redis TIME; an injected clock is sent exactly."""
+        if self._clock is None:
+            return ""
+        now = float(self._clock())
+        if not math.isfinite(now):
+            raise ValueError(f"clock returned {now!r}")
+        return repr(now)
+
+    def _run(self, op: str, provider: str, policy: BreakerPolicy, **kwargs: Any) -> StoreResult:
+        """Validate in Python (a bad call is a ValueError here, not a script error), then EVALSHA."""
+        try:
+            self._check_provider(provider)
+            machine.validate_policy(policy)
+            args = machine.check_args(op, **kwargs)
+            now = self._now_arg()
+        except (ValueError, TypeError) as exc:
+            raise InvalidBreakerOperation(
+                f"breaker {op} for provider {provider!r}: {exc}", op=op, provider=provider
+            ) from None
+        rand = self._rng.random() if op in machine.RAND_OPS else 0.0
+        a1: str
+        a2 = ""
+        if op in ("record_failure", "record_success"):
+            a1 = str(args["successes"])
+        elif op == "acquire_probe":
+            a1 = str(args["owner"])
+        elif op == "probe_result":
+            a1, a2 = str(args["owner"]), "1" if args["ok"] else "0"
+        elif op == "cool_down":
+            a1 = repr(args["seconds"])
+        else:
+            a1 = BreakerState(args["target"]).value
+        argv = [op, now, repr(rand), provider, self._channel, *_policy_argv(policy), a1, a2]
+        row = self._eval(op, provider, [self.state_key(provider), self.window_key(provider)], argv)
+        try:
+            return _decode(provider, row)
+        except (ValueError, TypeError) as exc:
+            raise BreakerStoreError(
+                f"breaker {op} for provider {provider!r}: unreadable reply from Redis: {exc}", op=op, provider=provider
+            ) from exc
+
+    def _eval(self, op: str, provider: str, keys: list[str], argv: list[str]) -> Any:
+        """EVALSHA the script; every Redis error leaves as a BreakerStoreError."""
+        try:
+            return self._script(keys=keys, args=argv)
+        except redis.ResponseError as exc:
+            message = str(exc)
+            if message.startswith(_BADARG):
+                raise InvalidBreakerOperation(
+                    f"breaker {op} for provider {provider!r} rejected by the script: {message[len(_BADARG):].strip()}",
+                    op=op,
+                    provider=provider,
+                ) from None
+            raise BreakerStoreError(
+                f"breaker {op} for provider {provider!r} failed in Redis: {message}", op=op, provider=provider
+            ) from exc
+        except redis.RedisError as exc:
+            raise BreakerStoreError(
+                f"breaker {op} for provider {provider!r}: Redis unavailable ({type(exc).__name__}: {exc})",
+                op=op,
+                provider=provider,
+            ) from exc

@@ -1,0 +1,355 @@
+-- flexitasks breaker: every store operation as one atomic read-decide-write-publish.
+--
+-- A port of flexitasks/breaker/machine.py (the rules live there; change both together,
+-- tests/test_breaker_store_model.py compares them step by step). Loaded once by
+-- redis_store.py with SCRIPT LOAD / EVALSHA. Nothing else writes these keys.
+--
+-- Operations (ARGV[1]):
+--   record_failure | record_success | acquire_probe | probe_result | cool_down | force
+--     KEYS[1] state hash, KEYS[2] window hash
+--     ARGV: op, now ('' = Redis TIME), rand, provider, channel,
+--           failure_threshold, failure_rate_threshold, window, recovery_timeout,
+--           max_recovery_timeout, success_threshold, jitter, probe_ttl, a1, a2
+--     a1/a2: record_*: successes | acquire_probe: owner | probe_result: owner, '1'/'0'
+--            cool_down: seconds | force: target state
+--   snapshot
+--     KEYS: state1, window1, state2, window2, ...; ARGV: op, now; writes nothing.
+-- Reply (per provider for snapshot): granted, transitioned, previous, state, generation,
+--   open_until, reopen_count, probe_owner, probe_until, probe_successes, failures, calls,
+--   reason, now. Floats are strings (a Lua number reply would be truncated to an
+--   integer); '' stands for "none".
+
+local STATE_TTL = 86400
+local BUCKETS = 60
+local EXPONENT_CAP = 1000
+local FIELDS = {'state', 'generation', 'open_until', 'reopen_count', 'probe_owner',
+                'probe_until', 'probe_successes', 'reason'}
+
+-- Shortest decimal that reads back as exactly x: stored and published times must
+-- compare equal to the Python model, and Lua's own tostring keeps only 14 digits.
+local function fmt(x)
+  local s = string.format('%.15g', x)
+  if tonumber(s) ~= x then
+    s = string.format('%.16g', x)
+    if tonumber(s) ~= x then s = string.format('%.17g', x) end
+  end
+  return s
+end
+
+-- JSON float; cjson would print 14 significant digits (100 us at epoch scale).
+local function jfloat(x)
+  local s = fmt(x)
+  if string.find(s, '^-?%d+$') then s = s .. '.0' end
+  return s
+end
+
+local function jstr(s)
+  if s == nil or s == '' then return 'null' end
+  return cjson.encode(s)
+end
+
+local function finite(s)
+  local x = tonumber(s)
+  if x == nil or x ~= x or x == math.huge or x == -math.huge then return nil end
+  return x
+end
+
+local function clock(arg)
+  if arg ~= nil and arg ~= '' then return finite(arg) end
+  local t = redis.call('TIME')
+  return tonumber(t[1]) + tonumber(t[2]) / 1000000
+end
+
+local function bucket_of(now, window)
+  return math.floor(now / (window / BUCKETS))
+end
+
+local function bkey(kind, index)
+  return kind .. ':' .. string.format('%d', index)
+end
+
+local function load_state(key)
+  local v = redis.call('HMGET', key, unpack(FIELDS))
+  return {
+    state = v[1] or 'closed',
+    generation = tonumber(v[2]) or 0,
+    open_until = tonumber(v[3]) or 0,
+    reopen_count = tonumber(v[4]) or 0,
+    probe_owner = v[5] or '',
+    probe_until = tonumber(v[6]) or 0,
+    probe_successes = tonumber(v[7]) or 0,
+    reason = v[8] or '',
+  }
+end
+
+local function save_state(key, s)
+  redis.call('HSET', key,
+    'state', s.state,
+    'generation', string.format('%d', s.generation),
+    'open_until', fmt(s.open_until),
+    'reopen_count', string.format('%d', s.reopen_count),
+    'probe_owner', s.probe_owner,
+    'probe_until', fmt(s.probe_until),
+    'probe_successes', string.format('%d', s.probe_successes),
+    'reason', s.reason)
+  redis.call('EXPIRE', key, STATE_TTL)
+end
+
+-- Window hash: 'w' = window length the buckets were counted with, 'f:<i>'/'c:<i>'.
+local function load_window(key)
+  local h = redis.call('HGETALL', key)
+  local w = {len = 0, buckets = {}}
+  for i = 1, #h, 2 do
+    local k, v = h[i], h[i + 1]
+    if k == 'w' then
+      w.len = tonumber(v) or 0
+    else
+      local index = tonumber(string.sub(k, 3))
+      if index ~= nil then
+        local e = w.buckets[index]
+        if e == nil then e = {0, 0}; w.buckets[index] = e end
+        if string.sub(k, 1, 2) == 'f:' then e[1] = tonumber(v) else e[2] = tonumber(v) end
+      end
+    end
+  end
+  return w
+end
+
+local function window_counts(w, now)
+  if w.len <= 0 then return 0, 0 end
+  local oldest = bucket_of(now, w.len) - BUCKETS
+  local f, c = 0, 0
+  for index, e in pairs(w.buckets) do
+    if index > oldest then f = f + e[1]; c = c + e[2] end
+  end
+  return f, c
+end
+
+local function window_add(key, w, window, now, df, dc)
+  if w.len ~= window then
+    redis.call('DEL', key)
+    w.len = window
+    w.buckets = {}
+    redis.call('HSET', key, 'w', fmt(window))
+  end
+  local current = bucket_of(now, window)
+  local stale = {}
+  for index, _ in pairs(w.buckets) do
+    if index <= current - BUCKETS then
+      stale[#stale + 1] = bkey('f', index)
+      stale[#stale + 1] = bkey('c', index)
+    end
+  end
+  for i = 1, #stale, 2 do w.buckets[tonumber(string.sub(stale[i], 3))] = nil end
+  if #stale > 0 then redis.call('HDEL', key, unpack(stale)) end
+  local e = w.buckets[current]
+  if e == nil then e = {0, 0}; w.buckets[current] = e end
+  e[1] = e[1] + df
+  e[2] = e[2] + dc
+  redis.call('HINCRBY', key, bkey('f', current), df)
+  redis.call('HINCRBY', key, bkey('c', current), dc)
+  redis.call('EXPIRE', key, string.format('%d', math.ceil(window) + 1))
+end
+
+local function window_clear(key, w)
+  redis.call('DEL', key)
+  w.len = 0
+  w.buckets = {}
+end
+
+local function reply(s, w, now, granted, transitioned, previous)
+  local f, c = window_counts(w, now)
+  return {granted and 1 or 0, transitioned and 1 or 0, previous or '', s.state, s.generation,
+          fmt(s.open_until), s.reopen_count, s.probe_owner, fmt(s.probe_until),
+          s.probe_successes, f, c, s.reason, fmt(now)}
+end
+
+local op = ARGV[1]
+
+if op == 'snapshot' then
+  local now = clock(ARGV[2])
+  if now == nil then return redis.error_reply('BREAKER_BADARG snapshot: now is not a finite number') end
+  local out = {}
+  for i = 1, #KEYS, 2 do
+    out[#out + 1] = reply(load_state(KEYS[i]), load_window(KEYS[i + 1]), now, false, false, nil)
+  end
+  return out
+end
+
+local OPS = {record_failure = true, record_success = true, acquire_probe = true,
+             probe_result = true, cool_down = true, force = true}
+if not OPS[op] then
+  return redis.error_reply('BREAKER_BADARG unknown operation ' .. string.format('%q', tostring(op)))
+end
+if #KEYS ~= 2 or #ARGV < 13 then
+  return redis.error_reply('BREAKER_BADARG ' .. op .. ': expected 2 keys and >= 13 args')
+end
+
+local now = clock(ARGV[2])
+local rand = finite(ARGV[3])
+local provider = ARGV[4]
+local channel = ARGV[5]
+local p = {
+  failure_threshold = finite(ARGV[6]), failure_rate_threshold = finite(ARGV[7]),
+  window = finite(ARGV[8]), recovery_timeout = finite(ARGV[9]),
+  max_recovery_timeout = finite(ARGV[10]), success_threshold = finite(ARGV[11]),
+  jitter = finite(ARGV[12]), probe_ttl = finite(ARGV[13]),
+}
+if now == nil or rand == nil or rand < 0 or rand >= 1 then
+  return redis.error_reply('BREAKER_BADARG ' .. op .. ': now/rand malformed')
+end
+for name, value in pairs(p) do
+  if value == nil then return redis.error_reply('BREAKER_BADARG ' .. op .. ': policy ' .. name .. ' malformed') end
+end
+if p.window <= 0 then return redis.error_reply('BREAKER_BADARG ' .. op .. ': window must be > 0') end
+local a1, a2 = ARGV[14], ARGV[15]
+
+local skey, wkey = KEYS[1], KEYS[2]
+local s = load_state(skey)
+local w = load_window(wkey)
+local granted, transitioned, dirty = false, false, false
+local previous = nil
+local failure_event = nil
+
+local function interval(n)
+  if n > EXPONENT_CAP then n = EXPONENT_CAP end
+  return math.min(p.recovery_timeout * 2 ^ n, p.max_recovery_timeout) * (1 - p.jitter * rand)
+end
+
+local function clear_token()
+  s.probe_owner = ''
+  s.probe_until = 0
+  s.probe_successes = 0
+end
+
+local function transition(to, reason)
+  previous = s.state
+  s.state = to
+  s.generation = s.generation + 1
+  s.reason = reason
+  transitioned = true
+  dirty = true
+end
+
+if op == 'record_failure' or op == 'record_success' then
+  local successes = tonumber(a1)
+  if successes == nil or successes < 0 or successes ~= math.floor(successes) then
+    return redis.error_reply('BREAKER_BADARG ' .. op .. ': successes malformed')
+  end
+  if s.state == 'closed' then
+    if op == 'record_success' then
+      window_add(wkey, w, p.window, now, 0, successes)
+    else
+      window_add(wkey, w, p.window, now, 1, 1 + successes)
+      local f, c = window_counts(w, now)
+      if f >= p.failure_threshold and f / c >= p.failure_rate_threshold then
+        s.reopen_count = 0
+        s.open_until = now + interval(0)
+        clear_token()
+        transition('open', 'threshold')
+      else
+        failure_event = '{"v":1,"type":"failure","provider":' .. jstr(provider)
+          .. ',"generation":' .. string.format('%d', s.generation)
+          .. ',"failures":' .. string.format('%d', f)
+          .. ',"calls":' .. string.format('%d', c)
+          .. ',"at":' .. jfloat(now) .. '}'
+      end
+    end
+  end
+
+elseif op == 'acquire_probe' then
+  local owner = a1
+  if owner == nil or owner == '' then return redis.error_reply('BREAKER_BADARG acquire_probe: empty owner') end
+  if s.state == 'closed' or s.state == 'disabled' then
+    granted = true
+  elseif s.state == 'open' then
+    if now >= s.open_until then
+      s.probe_owner = owner
+      s.probe_until = now + p.probe_ttl
+      s.probe_successes = 0
+      granted = true
+      transition('half_open', 'recovery_elapsed')
+    end
+  elseif s.state == 'half_open' then
+    if s.probe_owner == '' or now >= s.probe_until then
+      s.probe_owner = owner
+      s.probe_until = now + p.probe_ttl
+      granted = true
+      dirty = true
+    else
+      granted = (s.probe_owner == owner)
+    end
+  end
+
+elseif op == 'probe_result' then
+  local owner = a1
+  if owner == nil or owner == '' or (a2 ~= '1' and a2 ~= '0') then
+    return redis.error_reply('BREAKER_BADARG probe_result: owner/ok malformed')
+  end
+  if s.state == 'half_open' and s.probe_owner == owner and now < s.probe_until then
+    if a2 == '1' then
+      s.probe_successes = s.probe_successes + 1
+      dirty = true
+      if s.probe_successes < p.success_threshold then
+        s.probe_owner = ''
+        s.probe_until = 0
+      else
+        clear_token()
+        window_clear(wkey, w)
+        s.reopen_count = 0
+        transition('closed', 'probe_succeeded')
+      end
+    else
+      s.reopen_count = s.reopen_count + 1
+      s.open_until = now + interval(s.reopen_count)
+      clear_token()
+      transition('open', 'probe_failed')
+    end
+  end
+
+elseif op == 'cool_down' then
+  local seconds = finite(a1)
+  if seconds == nil or seconds < 0 then return redis.error_reply('BREAKER_BADARG cool_down: seconds malformed') end
+  local till = now + seconds
+  if s.state == 'closed' or s.state == 'half_open' then
+    s.open_until = till
+    clear_token()
+    transition('open', 'retry_after')
+  elseif s.state == 'open' and till > s.open_until then
+    s.open_until = till
+    dirty = true
+  end
+
+else -- force
+  local target = a1
+  if target ~= 'forced_open' and target ~= 'disabled' and target ~= 'closed' then
+    return redis.error_reply('BREAKER_BADARG force: target must be forced_open, disabled or closed')
+  end
+  if s.probe_owner ~= '' or s.probe_until ~= 0 or s.probe_successes ~= 0 then
+    clear_token()
+    dirty = true
+  end
+  if target == 'closed' then
+    window_clear(wkey, w)
+    if s.reopen_count ~= 0 then s.reopen_count = 0; dirty = true end
+  end
+  if s.state ~= target then transition(target, 'operator') end
+end
+
+if dirty then save_state(skey, s) end
+
+if transitioned then
+  redis.call('PUBLISH', channel, '{"v":1,"type":"transition","provider":' .. jstr(provider)
+    .. ',"state":' .. jstr(s.state)
+    .. ',"previous":' .. jstr(previous)
+    .. ',"generation":' .. string.format('%d', s.generation)
+    .. ',"open_until":' .. jfloat(s.open_until)
+    .. ',"probe_until":' .. jfloat(s.probe_until)
+    .. ',"probe_owner":' .. jstr(s.probe_owner)
+    .. ',"reason":' .. jstr(s.reason)
+    .. ',"at":' .. jfloat(now) .. '}')
+elseif failure_event ~= nil then
+  redis.call('PUBLISH', channel, failure_event)
+end
+
+return reply(s, w, now, granted, transitioned, previous)

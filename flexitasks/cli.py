@@ -1,0 +1,105 @@
+"""The ``flexitasks`` command line: fleet status, the fake provider, the demo.
+
+``flexitasks status [--json]`` reads the authoritative breaker state and every live
+process's applied view straight from Redis (no worker needs to answer).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any
+
+from flexitasks.errors import ConfigError
+
+STATE_COLOURS = {"closed": "green", "open": "red", "forced_open": "bold red", "half_open": "yellow",
+                 "disabled": "dim"}
+
+
+def fleet_status() -> dict[str, Any]:
+    """``{"providers": {name: snapshot}, "processes": [view, ...]}`` from Redis."""
+    import redis
+
+    from flexitasks.app import settings
+    from flexitasks.breaker.redis_store import RedisBreakerStore
+
+    s = settings.sync
+    client = redis.Redis.from_url(s.redis_url, socket_timeout=s.socket_timeout,
+                                  socket_connect_timeout=s.socket_timeout)
+    store = RedisBreakerStore(client, key_prefix=s.key_prefix, channel=s.channel)
+    names = [p.name for p in settings.providers]
+    providers = {name: snap.to_dict() for name, snap in store.snapshot(names).items()}
+    keys = sorted(client.scan_iter(match=f"{s.key_prefix}:proc:*", count=500))
+    processes = [json.loads(raw) for raw in client.mget(keys) if raw] if keys else []
+    processes.sort(key=lambda p: (p.get("host", ""), p.get("role", ""), p.get("pid", 0)))
+    return {"providers": providers, "processes": processes}
+
+
+def _print_status(status: dict[str, Any]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+
+    def state(name: str) -> str:
+        return f"[{STATE_COLOURS.get(name, 'white')}]{name}[/]"
+
+    table = Table(title="breakers (authoritative, in Redis)")
+    for col in ("provider", "state", "generation", "failures/calls", "reopens", "reason"):
+        table.add_column(col)
+    for name, snap in status["providers"].items():
+        table.add_row(name, state(snap["state"]), str(snap["generation"]),
+                      f"{snap['failures']}/{snap['calls']}", str(snap["reopen_count"]), snap["reason"] or "")
+    console.print(table)
+    procs = Table(title=f"processes ({len(status['processes'])} live views)")
+    for col in ("host", "pid", "role", *status["providers"].keys()):
+        procs.add_column(col)
+    for p in status["processes"]:
+        cells = []
+        for name in status["providers"]:
+            b = p.get("breakers", {}).get(name, {})
+            cells.append(f"{state(b.get('state', '?'))} g{b.get('generation', '?')}")
+        procs.add_row(p.get("host", "?"), str(p.get("pid", "?")), p.get("role", "?"), *cells)
+    console.print(procs)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="flexitasks", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    st = sub.add_parser("status", help="breaker state and every process's view")
+    st.add_argument("--json", action="store_true", help="print JSON instead of tables")
+    sub.add_parser("fake-provider", help="run the fake OpenAI/Anthropic provider", add_help=False)
+    sub.add_parser("demo", help="run the failover and fleet-breaker demo", add_help=False)
+    args, rest = parser.parse_known_args(argv)
+    try:
+        if args.command == "fake-provider":
+            from flexitasks.fake_provider.server import main as fake_main
+
+            return fake_main(rest)
+        if args.command == "demo":
+            from flexitasks.demo import main as demo_main
+
+            return demo_main(rest)
+        if rest:
+            parser.error(f"unrecognized arguments: {' '.join(rest)}")
+        status = fleet_status()
+    except ConfigError as exc:
+        print(f"flexitasks: {exc}", file=sys.stderr)
+        return 2
+    except Exception as exc:
+        import redis
+
+        if isinstance(exc, redis.RedisError):
+            print(f"flexitasks: Redis unreachable: {exc}", file=sys.stderr)
+            return 1
+        raise
+    if args.json:
+        print(json.dumps(status, indent=2, sort_keys=True))
+    else:
+        _print_status(status)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,202 @@
+"""Configuration: the TOML file, environment overrides, and their validation.
+
+Owns reading ``FLEXITASKS_CONFIG`` (else ``./flexitasks.toml``) and turning every
+problem into one ``ConfigError`` that names the file, the provider and the field.
+API keys are read from the environment variable each provider names and held as
+``SecretStr``; the file never holds a key. Touches no network.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from functools import cached_property
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
+
+from flexitasks.breaker.store import BreakerPolicy
+from flexitasks.errors import ConfigError
+
+DEFAULT_REDIS = "redis://127.0.0.1:6379/0"
+ENV_OVERRIDES = {
+    "FLEXITASKS_BROKER_URL": ("celery", "broker_url"),
+    "FLEXITASKS_RESULT_BACKEND": ("celery", "result_backend"),
+    "FLEXITASKS_REDIS_URL": ("sync", "redis_url"),
+}
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class CelerySettings(_Section):
+    broker_url: str = DEFAULT_REDIS
+    result_backend: str = DEFAULT_REDIS
+    result_expires: float = Field(default=3600.0, gt=0)
+    prefetch_multiplier: int = Field(default=1, ge=1)
+    max_task_retries: int = Field(default=3, ge=0)
+    retry_backoff: float = Field(default=2.0, ge=0)
+    retry_backoff_max: float = Field(default=60.0, ge=0)
+
+
+class SyncSettings(_Section):
+    redis_url: str = DEFAULT_REDIS
+    channel: str = "flexitasks:events"
+    key_prefix: str = Field(default="flexitasks", min_length=1)
+    resync_interval: float = Field(default=5.0, gt=0)
+    heartbeat_interval: float = Field(default=2.0, gt=0)
+    socket_timeout: float = Field(default=2.0, gt=0)
+
+
+class BreakerSettings(_Section):
+    failure_threshold: int = Field(default=5, ge=1)
+    failure_rate_threshold: float = Field(default=0.5, gt=0, le=1)
+    window: float = Field(default=60.0, gt=0)
+    recovery_timeout: float = Field(default=10.0, gt=0)
+    max_recovery_timeout: float = Field(default=60.0, gt=0)
+    success_threshold: int = Field(default=1, ge=1)
+    jitter: float = Field(default=0.1, ge=0, lt=1)
+    enabled: bool = True
+
+
+class RetrySettings(_Section):
+    """How one request treats a misbehaving provider (issue: failure conduct)."""
+
+    same_provider_retries: int = Field(default=1, ge=0)
+    same_provider_backoff: float = Field(default=0.25, ge=0)
+    rate_limit_attempts: int = Field(default=3, ge=1)
+    rate_limit_backoff: float = Field(default=0.5, ge=0)
+    retry_after_wait_max: float = Field(default=5.0, ge=0)
+    request_timeout: float = Field(default=120.0, gt=0)
+
+
+ProviderKind = Literal["openai", "anthropic", "openai-compatible"]
+
+
+class ProviderSettings(_Section):
+    name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")
+    kind: ProviderKind
+    model: str = Field(min_length=1)
+    priority: int = 100
+    api_key_env: str | None = None
+    base_url: str | None = None
+    timeout: float = Field(default=30.0, gt=0)
+    connect_timeout: float = Field(default=5.0, gt=0)
+    first_token_timeout: float = Field(default=30.0, gt=0)
+    stall_timeout: float = Field(default=15.0, gt=0)
+    max_tokens: int = Field(default=1024, ge=1)
+
+    @model_validator(mode="after")
+    def _compatible_needs_url(self) -> ProviderSettings:
+        if self.kind == "openai-compatible" and not self.base_url:
+            raise ValueError("base_url is required for kind 'openai-compatible'")
+        return self
+
+    @property
+    def api_key(self) -> SecretStr | None:
+        """The key, read from the environment at the moment of use, never stored in the file."""
+        value = os.environ.get(self.api_key_env) if self.api_key_env else None
+        return SecretStr(value) if value else None
+
+
+class Settings(_Section):
+    source: str = "<defaults>"
+    celery: CelerySettings = CelerySettings()
+    sync: SyncSettings = SyncSettings()
+    breaker: BreakerSettings = BreakerSettings()
+    retry: RetrySettings = RetrySettings()
+    providers: list[ProviderSettings] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _unique_names(self) -> Settings:
+        seen: set[str] = set()
+        for p in self.providers:
+            if p.name in seen:
+                raise ValueError(f"duplicate provider name {p.name!r}")
+            seen.add(p.name)
+        return self
+
+    @cached_property
+    def by_priority(self) -> list[ProviderSettings]:
+        return sorted(self.providers, key=lambda p: (p.priority, self.providers.index(p)))
+
+    def provider(self, name: str) -> ProviderSettings:
+        for p in self.providers:
+            if p.name == name:
+                return p
+        raise KeyError(name)
+
+    def breaker_policy(self, provider: ProviderSettings) -> BreakerPolicy:
+        b = self.breaker
+        return BreakerPolicy(
+            failure_threshold=b.failure_threshold,
+            failure_rate_threshold=b.failure_rate_threshold,
+            window=b.window,
+            recovery_timeout=b.recovery_timeout,
+            max_recovery_timeout=max(b.max_recovery_timeout, b.recovery_timeout),
+            success_threshold=b.success_threshold,
+            jitter=b.jitter,
+            probe_ttl=max(provider.timeout, provider.first_token_timeout, provider.stall_timeout) + 5.0,
+        )
+
+
+def config_path() -> Path:
+    return Path(os.environ.get("FLEXITASKS_CONFIG") or "flexitasks.toml")
+
+
+def _describe(path: str, raw: dict[str, Any], loc: tuple[Any, ...]) -> str:
+    """'providers[1] (name='claude').kind' rather than pydantic's 'providers.1.kind'."""
+    parts: list[str] = []
+    i = 0
+    while i < len(loc):
+        part = loc[i]
+        if part == "providers" and i + 1 < len(loc) and isinstance(loc[i + 1], int):
+            idx = loc[i + 1]
+            entries = raw.get("providers") or []
+            name = entries[idx].get("name") if idx < len(entries) and isinstance(entries[idx], dict) else None
+            parts.append(f"providers[{idx}]" + (f" (name={name!r})" if name else ""))
+            i += 2
+            continue
+        parts.append(str(part))
+        i += 1
+    return ".".join(parts) or "(top level)"
+
+
+def parse_settings(raw: dict[str, Any], source: str) -> Settings:
+    """Validate a parsed TOML document plus environment overrides."""
+    data = {k: (dict(v) if isinstance(v, dict) else v) for k, v in raw.items()}
+    for env, (section, key) in ENV_OVERRIDES.items():
+        if os.environ.get(env):
+            sect = data.setdefault(section, {})
+            if isinstance(sect, dict):
+                sect[key] = os.environ[env]
+    data["source"] = source
+    try:
+        return Settings.model_validate(data)
+    except ValidationError as exc:
+        lines = []
+        for err in exc.errors():
+            got = f" (got {err['input']!r})" if err["type"] != "missing" and not isinstance(
+                err["input"], dict
+            ) else ""
+            lines.append(f"{source}: {_describe(source, raw, tuple(err['loc']))}: {err['msg']}{got}")
+        raise ConfigError("invalid configuration:\n  " + "\n  ".join(lines)) from None
+
+
+def load_settings(path: str | Path | None = None) -> Settings:
+    """Read and validate the config file; a missing default file means built-in defaults."""
+    explicit = path is not None or bool(os.environ.get("FLEXITASKS_CONFIG"))
+    target = Path(path) if path is not None else config_path()
+    if not target.exists():
+        if explicit:
+            raise ConfigError(f"{target}: configuration file not found")
+        return parse_settings({}, "<defaults>")
+    try:
+        raw = tomllib.loads(target.read_text())
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{target}: cannot read: {exc}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{target}: not valid TOML: {exc}") from None
+    return parse_settings(raw, str(target))

@@ -1,0 +1,33 @@
+"""Exceptions a caller of flexitasks can catch.
+
+Each takes a single message argument so Celery's JSON result backend can rebuild it
+on the producer side (``AsyncResult.get()`` re-raises the same class). Messages never
+contain API keys: they are built from provider names, error classes and the
+provider's own error text.
+"""
+
+from __future__ import annotations
+
+
+class FlexitasksError(Exception):
+    """Base class of every error flexitasks raises on purpose."""
+
+
+class ConfigError(FlexitasksError):
+    """The configuration file or environment is invalid; names the file, provider and field."""
+
+
+class InvalidRequest(FlexitasksError):
+    """The chat request is malformed; raised before any provider is called, never retried."""
+
+
+class RequestRejected(FlexitasksError):
+    """A provider refused the request itself (a 400 that no other provider would accept either)."""
+
+
+class ContentRejected(RequestRejected):
+    """A provider refused the content (content policy); carries the provider's reason."""
+
+
+class AllProvidersFailed(FlexitasksError):
+    """Every eligible provider failed; the message lists each provider's last error."""

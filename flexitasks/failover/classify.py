@@ -1,0 +1,122 @@
+"""Error classes: what a provider's failure means, decided in one place.
+
+Turns whatever the official SDKs (or their HTTP layer, mid-stream) raise into a
+``ProviderFailure`` with a ``FailureKind``. The failover policy reads only the kind;
+nothing else in flexitasks inspects SDK exceptions. Pure: no I/O.
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+
+import anthropic
+import httpx2
+import openai
+
+
+class FailureKind(str, enum.Enum):
+    UNAVAILABLE = "unavailable"  # connection error, 408, 5xx, overloaded: try again / elsewhere
+    RATE_LIMITED = "rate_limited"  # 429
+    TIMEOUT = "timeout"  # silent provider: never retried on the same route
+    TRUNCATED = "truncated"  # stream cut, stalled or malformed: restart cleanly
+    MISCONFIGURED = "misconfigured"  # 401/403/404, missing key: fail over, log loudly
+    CONTEXT_LENGTH = "context_length"  # too long for this model: next provider, provider not blamed
+    CONTENT_POLICY = "content_policy"  # refused content: fail the request
+    BAD_REQUEST = "bad_request"  # any other 400: fail the request
+
+    @property
+    def blames_provider(self) -> bool:
+        """Only outages count against the breaker; our own bad requests never open it."""
+        return self in _OUTAGES
+
+    @property
+    def fails_request(self) -> bool:
+        """No other provider would accept this request either."""
+        return self in (FailureKind.CONTENT_POLICY, FailureKind.BAD_REQUEST)
+
+
+_OUTAGES = frozenset({FailureKind.UNAVAILABLE, FailureKind.RATE_LIMITED, FailureKind.TIMEOUT, FailureKind.TRUNCATED})
+
+
+class ProviderFailure(Exception):
+    """A provider call failed; ``kind`` says what that means for routing."""
+
+    def __init__(
+        self, kind: FailureKind, message: str, *, status: int | None = None, retry_after: float | None = None
+    ) -> None:
+        super().__init__(message)
+        self.kind = kind
+        self.message = message
+        self.status = status
+        self.retry_after = retry_after
+
+    def __str__(self) -> str:
+        status = f" {self.status}" if self.status else ""
+        return f"{self.kind.value}{status}: {self.message}"
+
+
+_CONTEXT_MARKERS = ("context_length_exceeded", "prompt is too long", "maximum context length", "too many tokens")
+_POLICY_MARKERS = ("content_policy", "content_filter", "content policy", "safety system")
+
+_API_STATUS = (openai.APIStatusError, anthropic.APIStatusError)
+_API_TIMEOUT = (openai.APITimeoutError, anthropic.APITimeoutError, httpx2.TimeoutException)
+_API_CONNECTION = (openai.APIConnectionError, anthropic.APIConnectionError, httpx2.TransportError)
+_MALFORMED = (
+    openai.APIResponseValidationError,
+    anthropic.APIResponseValidationError,
+    json.JSONDecodeError,
+    httpx2.DecodingError,
+)
+
+
+def parse_retry_after(value: str | None) -> float | None:
+    """Seconds from a Retry-After header (delta-seconds form); HTTP dates are ignored."""
+    if not value:
+        return None
+    try:
+        seconds = float(value.strip())
+    except ValueError:
+        return None
+    return seconds if seconds >= 0 else None
+
+
+def _error_text(exc: openai.APIStatusError | anthropic.APIStatusError) -> str:
+    body = exc.body if isinstance(exc.body, dict) else {}
+    err = body.get("error") if isinstance(body.get("error"), dict) else body
+    message = err.get("message") if isinstance(err, dict) else None
+    return str(message or exc.message or f"HTTP {exc.status_code}")[:500]
+
+
+def _classify_status(exc: openai.APIStatusError | anthropic.APIStatusError) -> ProviderFailure:
+    status = exc.status_code
+    text = _error_text(exc)
+    code = str(getattr(exc, "code", None) or "")
+    haystack = f"{code} {text}".lower()
+    retry_after = parse_retry_after(exc.response.headers.get("retry-after"))
+    if status == 429:
+        return ProviderFailure(FailureKind.RATE_LIMITED, text, status=status, retry_after=retry_after)
+    if status == 408 or status >= 500:
+        return ProviderFailure(FailureKind.UNAVAILABLE, text, status=status, retry_after=retry_after)
+    if status in (401, 403, 404):
+        return ProviderFailure(FailureKind.MISCONFIGURED, text, status=status)
+    if status == 413 or any(m in haystack for m in _CONTEXT_MARKERS):
+        return ProviderFailure(FailureKind.CONTEXT_LENGTH, text, status=status)
+    if any(m in haystack for m in _POLICY_MARKERS):
+        return ProviderFailure(FailureKind.CONTENT_POLICY, text, status=status)
+    return ProviderFailure(FailureKind.BAD_REQUEST, text, status=status)
+
+
+def classify(exc: BaseException) -> ProviderFailure:
+    """Map an exception raised while calling a provider to its failure kind."""
+    if isinstance(exc, ProviderFailure):
+        return exc
+    if isinstance(exc, _API_STATUS):
+        return _classify_status(exc)
+    if isinstance(exc, _API_TIMEOUT):
+        return ProviderFailure(FailureKind.TIMEOUT, f"timed out ({type(exc).__name__})")
+    if isinstance(exc, _API_CONNECTION):
+        return ProviderFailure(FailureKind.UNAVAILABLE, f"connection failed ({type(exc).__name__})")
+    if isinstance(exc, _MALFORMED):
+        return ProviderFailure(FailureKind.TRUNCATED, f"malformed response ({type(exc).__name__})")
+    return ProviderFailure(FailureKind.UNAVAILABLE, f"unexpected {type(exc).__name__}: {exc}"[:300])

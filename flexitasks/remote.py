@@ -1,0 +1,66 @@
+"""Celery remote control for breakers (runs in each worker's main process).
+
+``celery -A flexitasks inspect breaker_status``
+``celery -A flexitasks control breaker_trip <provider>`` / ``breaker_reset`` / ``breaker_disable``
+
+Control commands go through the same atomic store path as every other transition,
+so the event reaches every child through pub/sub; when several workers receive the
+broadcast, the first one makes the transition and the others find nothing to change.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from celery.worker.control import control_command, inspect_command
+
+from flexitasks.app import settings
+from flexitasks.breaker.store import BreakerState
+from flexitasks.sync import process
+from flexitasks.worker import event_fields
+
+
+def _force(state: Any, provider: str, target: BreakerState) -> dict[str, Any]:
+    names = [p.name for p in settings.providers]
+    if provider not in names:
+        return {"error": f"unknown provider {provider!r}; known: {', '.join(names)}"}
+    sync = process.current()
+    policy = settings.breaker_policy(settings.provider(provider))
+    result = sync.store.force(provider, policy, target)
+    sync.mirror.apply(result.snapshot)
+    if result.transitioned:
+        from flexitasks.worker import EVENT_TYPES
+
+        state.consumer.event_dispatcher.send(EVENT_TYPES[target], **event_fields(result))
+    return {"ok": True, "transitioned": result.transitioned, **_brief(result.snapshot)}
+
+
+def _brief(snap: Any) -> dict[str, Any]:
+    return {"provider": snap.provider, "state": snap.state.value, "generation": snap.generation}
+
+
+@inspect_command(args=[], signature="")
+def breaker_status(state: Any) -> dict[str, Any]:
+    """Authoritative state of every provider's breaker, and this worker's applied view."""
+    sync = process.current()
+    names = [p.name for p in settings.providers]
+    authoritative = {name: snap.to_dict() for name, snap in sync.store.snapshot(names).items()}
+    return {"providers": authoritative, "view": sync.subscriber.view(), "degraded": sync.gate.degraded}
+
+
+@control_command(args=[("provider", str)], signature="<provider>")
+def breaker_trip(state: Any, provider: str) -> dict[str, Any]:
+    """Force a provider's breaker open fleet-wide until ``breaker_reset``."""
+    return _force(state, provider, BreakerState.FORCED_OPEN)
+
+
+@control_command(args=[("provider", str)], signature="<provider>")
+def breaker_reset(state: Any, provider: str) -> dict[str, Any]:
+    """Close a provider's breaker fleet-wide and clear its failure window."""
+    return _force(state, provider, BreakerState.CLOSED)
+
+
+@control_command(args=[("provider", str)], signature="<provider>")
+def breaker_disable(state: Any, provider: str) -> dict[str, Any]:
+    """Never trip this provider's breaker (until ``breaker_reset``)."""
+    return _force(state, provider, BreakerState.DISABLED)

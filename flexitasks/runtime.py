@@ -1,0 +1,54 @@
+"""The per-process objects that serve calls: adapters, breaker gate, router.
+
+Built lazily, once per process (and again after a fork), so the prefork main
+process never hands its HTTP pools or Redis connections to a child.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from dataclasses import dataclass
+
+from flexitasks.app import settings
+from flexitasks.failover.policy import default_policy
+from flexitasks.failover.router import BreakerGate, OpenGate, Router
+from flexitasks.providers import build_adapter
+
+
+@dataclass
+class Runtime:
+    router: Router
+    gate: BreakerGate
+    pid: int
+
+
+_lock = threading.Lock()
+_current: Runtime | None = None
+
+
+def _make_gate() -> BreakerGate:
+    if not settings.breaker.enabled:
+        return OpenGate()
+    from flexitasks.sync.process import process_gate
+
+    return process_gate()
+
+
+def runtime() -> Runtime:
+    global _current
+    current = _current
+    if current is not None and current.pid == os.getpid():
+        return current
+    with _lock:
+        if _current is None or _current.pid != os.getpid():
+            gate = _make_gate()
+            router = Router(
+                providers=settings.providers,
+                adapters={p.name: build_adapter(p) for p in settings.providers},
+                gate=gate,
+                policy=default_policy(settings.retry),
+                request_timeout=settings.retry.request_timeout,
+            )
+            _current = Runtime(router=router, gate=gate, pid=os.getpid())
+        return _current

@@ -1,0 +1,178 @@
+"""The per-process sync thread: Redis pub/sub into the local mirror.
+
+One daemon thread per process, with its own connections, started after fork. It
+subscribes, then reads the full snapshot (so nothing published before the subscription
+is missed), applies events as they arrive, re-reads the snapshot periodically and after
+every reconnect (pub/sub is at-most-once), and records this process's applied view in
+Redis with a heartbeat TTL so the fleet can be inspected. Redis errors put the gate in
+degraded mode and are retried with backoff; they never end the thread.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import socket
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import redis
+
+from flexitasks.breaker.store import BreakerStore
+from flexitasks.sync.events import InvalidEvent, parse_event
+from flexitasks.sync.mirror import Mirror, View
+
+log = logging.getLogger(__name__)
+
+
+def process_key(prefix: str, host: str, pid: int) -> str:
+    return f"{prefix}:proc:{host}:{pid}"
+
+
+class Subscriber:
+    def __init__(
+        self,
+        client: redis.Redis,
+        store: BreakerStore,
+        mirror: Mirror,
+        providers: list[str],
+        channel: str,
+        key_prefix: str,
+        resync_interval: float,
+        heartbeat_interval: float,
+        set_degraded: Callable[[bool], None],
+        role: str = "process",
+        node: str | None = None,
+    ) -> None:
+        self.client = client
+        self.store = store
+        self.mirror = mirror
+        self.providers = providers
+        self.channel = channel
+        self.resync_interval = resync_interval
+        self.heartbeat_interval = heartbeat_interval
+        self.set_degraded = set_degraded
+        self.host = socket.gethostname()
+        self.pid = os.getpid()
+        self.role = role
+        self.node = node
+        self.key = process_key(key_prefix, self.host, self.pid)
+        self.invalid_events = 0
+        self.applied_events = 0
+        self.connected = threading.Event()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._last_heartbeat = 0.0
+        mirror.listeners.append(self._on_change)
+
+    # -- lifecycle --------------------------------------------------------------------------------
+    def start(self, wait: float = 0.0) -> None:
+        self._thread = threading.Thread(target=self._run, name="flexitasks-sync", daemon=True)
+        self._thread.start()
+        if wait:
+            self.connected.wait(wait)
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=2)
+        try:
+            self.client.delete(self.key)
+        except redis.RedisError:
+            pass
+
+    # -- the loop ---------------------------------------------------------------------------------
+    def _run(self) -> None:
+        backoff = 0.05
+        warned = False
+        while not self._stop.is_set():
+            try:
+                self._serve()
+                backoff = 0.05
+            except (redis.RedisError, OSError) as exc:
+                self.connected.clear()
+                self.set_degraded(True)
+                if not warned:
+                    log.warning("breaker sync lost Redis (%s); retrying with backoff", type(exc).__name__)
+                    warned = True
+                self._stop.wait(backoff)
+                backoff = min(backoff * 2, 2.0)
+            except Exception:  # a bug must not silently stop sync: log it, keep going
+                log.exception("breaker sync loop failed; restarting it")
+                self._stop.wait(backoff)
+
+    def _serve(self) -> None:
+        pubsub = self.client.pubsub()
+        try:
+            pubsub.subscribe(self.channel)
+            while pubsub.get_message(timeout=1.0) is None:  # the subscribe confirmation
+                if self._stop.is_set():
+                    return
+            self._resync()
+            self.set_degraded(False)
+            self.connected.set()
+            last_resync = time.monotonic()
+            while not self._stop.is_set():
+                message = pubsub.get_message(timeout=0.2)
+                if message is not None and message.get("type") == "message":
+                    self._handle(message["data"])
+                now = time.monotonic()
+                if now - last_resync >= self.resync_interval:
+                    self._resync()
+                    last_resync = now
+                if now - self._last_heartbeat >= self.heartbeat_interval:
+                    self.heartbeat()
+        finally:
+            try:
+                pubsub.close()
+            except (redis.RedisError, OSError):
+                pass
+
+    def _resync(self) -> None:
+        self.mirror.load(self.store.snapshot(self.providers))
+        self.heartbeat()
+
+    def _handle(self, data: bytes | str) -> None:
+        try:
+            event = parse_event(data)
+        except InvalidEvent as exc:
+            self.invalid_events += 1
+            log.warning("%s (ignored; %d so far)", exc, self.invalid_events)
+            return
+        if self.mirror.apply_event(event):
+            self.applied_events += 1
+
+    # -- the process view ---------------------------------------------------------------------------
+    def view(self) -> dict[str, Any]:
+        views = self.mirror.views()
+        return {
+            "host": self.host,
+            "pid": self.pid,
+            "node": self.node,
+            "role": self.role,
+            "applied_at": max((v.applied_at for v in views.values()), default=0.0),
+            "invalid_events": self.invalid_events,
+            "breakers": {name: _brief(v) for name, v in views.items()},
+        }
+
+    def heartbeat(self) -> None:
+        ttl = max(3, int(self.heartbeat_interval * 3 + 1))
+        self.client.set(self.key, json.dumps(self.view()), ex=ttl)
+        self._last_heartbeat = time.monotonic()
+
+    def _on_change(self, _provider: str, _view: View) -> None:
+        """Record the new view at once: the fleet view should not lag a transition."""
+        if not self.connected.is_set():
+            return
+        try:
+            self.heartbeat()
+        except redis.RedisError:
+            pass
+
+
+def _brief(view: View) -> dict[str, Any]:
+    s = view.snapshot
+    return {"state": s.state.value, "generation": s.generation, "applied_at": view.applied_at}
