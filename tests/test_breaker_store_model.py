@@ -1,0 +1,201 @@
+"""Model test: ``transition.lua`` in a real Redis against the pure rules in memory.
+
+A Hypothesis state machine applies the same operations at the same (controlled)
+times to ``RedisBreakerStore`` and ``MemoryBreakerStore`` seeded with the same jitter
+rng, and after every step asserts identical results, identical snapshots and
+identical published events (Redis pub/sub vs the memory store's ``publish``).
+Needs Redis (``FLEXITASKS_TEST_REDIS_URL``, default db 15); skipped without it
+unless CI=true.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import time
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import redis
+from hypothesis import HealthCheck, settings
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule, run_state_machine_as_test
+
+from flexitasks.breaker import BreakerPolicy, BreakerState, MemoryBreakerStore, RedisBreakerStore
+
+REDIS_URL = os.environ.get("FLEXITASKS_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
+RUN_PREFIX = f"flexitasks-test-{uuid.uuid4().hex[:12]}"
+PROVIDERS = ("p1", "p2")
+OWNERS = ("w1", "w2", "w3")
+START = 1_700_000_000.123456  # epoch-sized, with microseconds: precision must survive Lua
+POLICIES = (
+    BreakerPolicy(
+        failure_threshold=2, failure_rate_threshold=0.5, window=60.0, recovery_timeout=10.0,
+        max_recovery_timeout=40.0, success_threshold=1, jitter=0.0, probe_ttl=30.0,
+    ),
+    BreakerPolicy(
+        failure_threshold=3, failure_rate_threshold=0.6, window=30.0, recovery_timeout=5.0,
+        max_recovery_timeout=60.0, success_threshold=2, jitter=0.2, probe_ttl=20.0,
+    ),
+    BreakerPolicy(
+        failure_threshold=1, failure_rate_threshold=0.25, window=7.5, recovery_timeout=0.3,
+        max_recovery_timeout=100.0, success_threshold=3, jitter=0.5, probe_ttl=12.5,
+    ),
+)
+
+
+def _delete_prefix(client: redis.Redis, prefix: str) -> None:
+    keys = list(client.scan_iter(match=f"{prefix}*", count=500))
+    if keys:
+        client.delete(*keys)
+
+
+@pytest.fixture
+def redis_client() -> Iterator[redis.Redis]:
+    client = redis.Redis.from_url(REDIS_URL, socket_timeout=5)
+    try:
+        client.ping()
+    except redis.RedisError as exc:
+        message = f"Redis not reachable at {REDIS_URL}: {exc}"
+        if os.environ.get("CI") == "true":
+            pytest.fail(message)
+        pytest.skip(message)
+    try:
+        yield client
+    finally:
+        _delete_prefix(client, RUN_PREFIX)
+        client.close()
+
+
+class BreakerModel(RuleBasedStateMachine):
+    """Redis store vs memory store, same ops, same clock, same jitter seed."""
+
+    client: redis.Redis  # set by the test before running
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.t = START
+        self.policy = POLICIES[0]
+        self.prefix = f"{RUN_PREFIX}-{uuid.uuid4().hex[:8]}"
+        self.channel = f"{self.prefix}:events"
+        self.pubsub = self.client.pubsub()
+        self.pubsub.subscribe(self.channel)
+        confirm = self.pubsub.get_message(timeout=2.0)
+        assert confirm is not None and confirm["type"] == "subscribe"
+        self.memory_events: list[dict[str, Any]] = []
+        self.redis_events: list[dict[str, Any]] = []
+        self.redis = RedisBreakerStore(
+            self.client, self.prefix, self.channel, clock=lambda: self.t, rng=random.Random(1234)
+        )
+        self.memory = MemoryBreakerStore(
+            clock=lambda: self.t, rng=random.Random(1234), publish=self.memory_events.append
+        )
+
+    # ------------------------------------------------------------ helpers
+
+    def apply(self, op: str, provider: str, **kwargs: Any) -> None:
+        r = getattr(self.redis, op)(provider, self.policy, **kwargs)
+        m = getattr(self.memory, op)(provider, self.policy, **kwargs)
+        assert r.snapshot == m.snapshot, f"{op}({provider}, {kwargs})"
+        assert (r.transitioned, r.granted, r.previous) == (m.transitioned, m.granted, m.previous), op
+        if r.transitioned:
+            assert r.snapshot.generation == m.snapshot.generation
+
+    def model(self, provider: str) -> Any:
+        return self.memory.snapshot([provider])[provider]
+
+    # ------------------------------------------------------------ rules
+
+    @initialize(policy=st.sampled_from(POLICIES))
+    def choose_policy(self, policy: BreakerPolicy) -> None:
+        self.policy = policy
+
+    @rule(provider=st.sampled_from(PROVIDERS), successes=st.integers(0, 3))
+    def record_failure(self, provider: str, successes: int) -> None:
+        self.apply("record_failure", provider, successes=successes)
+
+    @rule(provider=st.sampled_from(PROVIDERS), successes=st.integers(0, 3))
+    def record_success(self, provider: str, successes: int) -> None:
+        self.apply("record_success", provider, successes=successes)
+
+    @rule(provider=st.sampled_from(PROVIDERS), owner=st.sampled_from(OWNERS))
+    def acquire_probe(self, provider: str, owner: str) -> None:
+        self.apply("acquire_probe", provider, owner=owner)
+
+    @rule(provider=st.sampled_from(PROVIDERS), ok=st.booleans())
+    def probe_result_by_holder(self, provider: str, ok: bool) -> None:
+        holder = self.model(provider).probe_owner or OWNERS[0]
+        self.apply("probe_result", provider, owner=holder, ok=ok)
+
+    @rule(provider=st.sampled_from(PROVIDERS), owner=st.sampled_from(OWNERS), ok=st.booleans())
+    def probe_result_by_anyone(self, provider: str, owner: str, ok: bool) -> None:
+        self.apply("probe_result", provider, owner=owner, ok=ok)
+
+    @rule(
+        provider=st.sampled_from(PROVIDERS),
+        seconds=st.one_of(st.sampled_from([0.0, 1.0, 5.0, 30.0]), st.floats(0, 120, allow_nan=False)),
+    )
+    def cool_down(self, provider: str, seconds: float) -> None:
+        self.apply("cool_down", provider, seconds=seconds)
+
+    @rule(
+        provider=st.sampled_from(PROVIDERS),
+        state=st.sampled_from([BreakerState.FORCED_OPEN, BreakerState.DISABLED, BreakerState.CLOSED]),
+    )
+    def force(self, provider: str, state: BreakerState) -> None:
+        self.apply("force", provider, state=state)
+
+    @rule(dt=st.one_of(st.sampled_from([0.0, 1.0, 5.0, 10.0, 30.0, 60.0, 70.0]), st.floats(0, 70, allow_nan=False)))
+    def advance(self, dt: float) -> None:
+        self.t += dt
+
+    @rule(provider=st.sampled_from(PROVIDERS), which=st.sampled_from(["open_until", "probe_until"]))
+    def advance_to_deadline(self, provider: str, which: str) -> None:
+        """Land exactly on a deadline: the >= / < boundaries must agree too."""
+        deadline = getattr(self.model(provider), which)
+        if deadline > self.t:
+            self.t = deadline
+
+    @rule(policy=st.sampled_from(POLICIES))
+    def switch_policy(self, policy: BreakerPolicy) -> None:
+        self.policy = policy
+
+    # ------------------------------------------------------------ invariants
+
+    @invariant()
+    def snapshots_agree(self) -> None:
+        assert self.redis.snapshot(list(PROVIDERS)) == self.memory.snapshot(list(PROVIDERS))
+
+    @invariant()
+    def events_agree(self) -> None:
+        deadline = time.monotonic() + 2.0
+        while len(self.redis_events) < len(self.memory_events) and time.monotonic() < deadline:
+            message = self.pubsub.get_message(timeout=0.05)
+            if message is not None and message["type"] == "message":
+                self.redis_events.append(json.loads(message["data"]))
+        assert self.redis_events == self.memory_events
+
+    def teardown(self) -> None:
+        try:
+            extra = self.pubsub.get_message(timeout=0.01)
+            assert extra is None or extra["type"] != "message", f"unexpected event {extra}"
+        finally:
+            self.pubsub.close()
+            _delete_prefix(self.client, self.prefix)
+
+
+def test_redis_store_matches_memory_model(redis_client: redis.Redis) -> None:
+    BreakerModel.client = redis_client
+    run_state_machine_as_test(
+        BreakerModel,
+        settings=settings(
+            max_examples=80,
+            stateful_step_count=30,
+            deadline=None,
+            database=None,
+            suppress_health_check=[HealthCheck.too_slow],
+        ),
+    )
