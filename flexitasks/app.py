@@ -16,11 +16,19 @@ from flexitasks.config import Settings, load_settings
 from flexitasks.errors import ConfigError
 
 
+def _is_command_line() -> bool:
+    """Are we the ``celery`` or ``flexitasks`` command (where a traceback helps nobody)?"""
+    argv0 = sys.argv[0] if sys.argv else ""
+    return os.path.basename(argv0) in ("celery", "flexitasks") or argv0.endswith(
+        os.path.join("celery", "__main__.py")
+    )
+
+
 def _load() -> Settings:
     try:
         return load_settings()
     except ConfigError as exc:
-        if os.path.basename(sys.argv[0]) in ("celery", "flexitasks"):
+        if _is_command_line():
             # A worker (or the CLI) with a bad file stops here with one clear message.
             sys.stderr.write(f"flexitasks: {exc}\n")
             raise SystemExit(2) from None
