@@ -328,8 +328,11 @@ def test_cli_serves_and_stops_on_sigterm() -> None:
         url = line.rsplit(" ", 1)[1]
         client = openai.OpenAI(api_key="cli-key", base_url=url + "/v1", max_retries=0, timeout=5)
         assert _chat(client).choices[0].message.content == "cli: hello there world"
-        assert FakeProviderAdmin(url).stats()["requests"] == 1
+        with FakeProviderAdmin(url) as admin:
+            assert admin.stats()["requests"] == 1
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=5) == 0
     finally:
-        proc.kill() if proc.poll() is None else None
+        if proc.poll() is None:
+            proc.kill()
+        proc.stdout.close()  # type: ignore[union-attr]

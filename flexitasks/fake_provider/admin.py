@@ -32,7 +32,8 @@ class FakeProviderAdmin:
         data = json.dumps(body).encode() if body is not None else None
         headers = {"Content-Type": "application/json"} if data is not None else {}
         with self._lock:
-            for attempt in (1, 2):  # one retry: the server may have dropped our idle keep-alive connection
+            while True:
+                reused = self._conn is not None
                 if self._conn is None:
                     self._conn = http.client.HTTPConnection(self._host, self._port, timeout=self._timeout)
                 try:
@@ -40,10 +41,10 @@ class FakeProviderAdmin:
                     resp = self._conn.getresponse()
                     raw = resp.read()
                     break
-                except (ConnectionError, http.client.HTTPException, OSError):
+                except (OSError, http.client.HTTPException):
                     self._conn.close()
                     self._conn = None
-                    if attempt == 2:
+                    if not reused:  # a reused keep-alive socket may just have been closed: retry once, fresh
                         raise
         payload = json.loads(raw) if raw else None
         if resp.status >= 400:

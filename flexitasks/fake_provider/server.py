@@ -222,6 +222,10 @@ class _Handler(BaseHTTPRequestHandler):
         super().setup()
         self.server.track(self.connection, True)
 
+    def handle(self) -> None:
+        with contextlib.suppress(ConnectionError):  # a client dropped its socket (timeout, GC'd pool)
+            super().handle()
+
     def finish(self) -> None:
         self.server.track(self.connection, False)
         super().finish()
@@ -260,10 +264,7 @@ class _Handler(BaseHTTPRequestHandler):
             return self._json(400, {"error": "invalid Content-Length"})
         raw = self.rfile.read(length) if length else b""
         if method == "POST" and url.path in CHAT_PATHS:
-            try:
-                self._chat(url.path, raw)
-            except (BrokenPipeError, ConnectionResetError):
-                self.close_connection = True  # the client gave up (timeout, closed stream)
+            self._chat(url.path, raw)
         elif route == ("POST", "/_admin/fault"):
             try:
                 fault = Fault.model_validate_json(raw or b"{}")
@@ -460,6 +461,7 @@ class _Server(ThreadingHTTPServer):
         self.state, self.stopping = state, threading.Event()
         self._conns: set[socket.socket] = set()
         self._conns_lock = threading.Lock()
+        self.address_family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
         super().__init__(address, _Handler)
 
     def server_bind(self) -> None:
