@@ -17,7 +17,7 @@ from celery.worker.control import control_command, inspect_command
 from flexitasks.app import settings
 from flexitasks.breaker.store import BreakerState
 from flexitasks.sync import process
-from flexitasks.worker import event_fields
+from flexitasks.worker import EVENT_TYPES, event_fields
 
 
 def _force(state: Any, provider: str, target: BreakerState) -> dict[str, Any]:
@@ -29,10 +29,12 @@ def _force(state: Any, provider: str, target: BreakerState) -> dict[str, Any]:
     result = sync.store.force(provider, policy, target)
     sync.mirror.apply(result.snapshot)
     if result.transitioned:
-        from flexitasks.worker import EVENT_TYPES
-
         state.consumer.event_dispatcher.send(EVENT_TYPES[target], **event_fields(result))
-    return {"ok": True, "transitioned": result.transitioned, **_brief(result.snapshot)}
+    snap = result.snapshot
+    summary = f"{provider}: {snap.state.value} (generation {snap.generation})"
+    if not result.transitioned:
+        summary += ", unchanged"
+    return {"ok": summary, "transitioned": result.transitioned, **_brief(snap)}
 
 
 def _brief(snap: Any) -> dict[str, Any]:

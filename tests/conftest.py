@@ -22,8 +22,25 @@ import redis
 
 REDIS_HOST = os.environ.get("FLEXITASKS_TEST_REDIS_HOST", "127.0.0.1")
 REDIS_PORT = int(os.environ.get("FLEXITASKS_TEST_REDIS_PORT", "6379"))
-TEST_DB = int(os.environ.get("FLEXITASKS_TEST_DB", str(8 + os.getpid() % 4)))
 RUN_ID = uuid.uuid4().hex[:8]
+
+
+def lease_db() -> int:
+    """A Redis DB of this run's own, leased on DB 0 so concurrent runs never share one
+    (Celery's queue and result keys are not under our key prefix)."""
+    if os.environ.get("FLEXITASKS_TEST_DB"):
+        return int(os.environ["FLEXITASKS_TEST_DB"])
+    try:
+        lessor = redis.Redis(host=REDIS_HOST, port=REDIS_PORT, db=0, socket_connect_timeout=1)
+        for db in range(8, 16):
+            if lessor.set(f"flexitasks-test-db-lease:{db}", RUN_ID, nx=True, ex=1800):
+                return db
+    except redis.RedisError:
+        pass  # no Redis: the fixtures report it (and fail under CI=true)
+    return 15
+
+
+TEST_DB = lease_db()
 KEY_PREFIX = f"ft-test-{RUN_ID}"
 REDIS_URL = f"redis://{REDIS_HOST}:{REDIS_PORT}/{TEST_DB}"
 ROOT = Path(__file__).resolve().parent.parent
@@ -119,6 +136,9 @@ def redis_client() -> Iterator[redis.Redis]:
     client.flushdb()
     yield client
     client.flushdb()
+    lessor = redis.Redis(host=REDIS_HOST, port=REDIS_PORT, db=0)
+    if lessor.get(f"flexitasks-test-db-lease:{TEST_DB}") == RUN_ID.encode():
+        lessor.delete(f"flexitasks-test-db-lease:{TEST_DB}")
 
 
 @pytest.fixture(scope="session")

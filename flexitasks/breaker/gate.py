@@ -112,6 +112,14 @@ class FleetGate:
         policy = self.policies[provider]
         self._call(lambda s: s.cool_down(provider, policy, seconds))
 
+    def reopens_in(self, provider: str) -> float | None:
+        """Seconds left of a provider's Retry-After cool-down (None: not cooling down),
+        so a request with nowhere else to go can wait for it rather than fail."""
+        s = self.mirror.get(provider).snapshot
+        if s.state is BreakerState.OPEN and s.reason == "retry_after":
+            return max(s.open_until - self.mirror.now(), 0.0)
+        return None
+
     def _window_has_failures(self, provider: str) -> bool:
         """Successes only matter for the failure rate while failures are in the window;
         a healthy provider's successes are never sent (zero store calls per call)."""

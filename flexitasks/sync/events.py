@@ -6,7 +6,6 @@ Pub/sub is an untrusted input: anything that does not validate is reported as
 
 from __future__ import annotations
 
-import json
 from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
@@ -15,7 +14,7 @@ from flexitasks.breaker.store import BreakerState
 
 
 class _Event(BaseModel):
-    model_config = ConfigDict(extra="ignore", frozen=True)
+    model_config = ConfigDict(extra="ignore", frozen=True, allow_inf_nan=False)
 
     v: Literal[1]
     provider: str = Field(min_length=1)
@@ -49,8 +48,8 @@ class InvalidEvent(ValueError):
 
 def parse_event(data: bytes | str) -> TransitionEvent | FailureEvent:
     try:
-        return _adapter.validate_python(json.loads(data))
-    except (ValueError, TypeError, ValidationError) as exc:
+        return _adapter.validate_json(data, strict=True)
+    except (ValueError, TypeError) as exc:  # ValidationError is a ValueError
         preview = (data if isinstance(data, str) else data.decode("utf-8", "replace"))[:120]
         reason = exc.errors()[0]["msg"] if isinstance(exc, ValidationError) else type(exc).__name__
         raise InvalidEvent(f"invalid breaker event ({reason}): {preview!r}") from None

@@ -75,7 +75,9 @@ class Mirror:
     def apply_event(self, event: TransitionEvent | FailureEvent) -> bool:
         """Apply an event unless it is stale; returns whether anything changed."""
         with self._lock:
-            old = self.get(event.provider)
+            if event.provider not in self._views:
+                return False  # not a provider of ours: never grows the mirror
+            old = self._views[event.provider]
             if isinstance(event, FailureEvent):
                 if event.generation < old.snapshot.generation:
                     return False

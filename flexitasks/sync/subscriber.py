@@ -112,7 +112,6 @@ class Subscriber:
                 if self._stop.is_set():
                     return
             self._resync()
-            self.set_degraded(False)
             self.connected.set()
             last_resync = time.monotonic()
             while not self._stop.is_set():
@@ -132,18 +131,27 @@ class Subscriber:
                 pass
 
     def _resync(self) -> None:
+        """Reload the authoritative state; a store that answers ends degraded mode, even
+        one entered by a failed call while this connection stayed up."""
         self.mirror.load(self.store.snapshot(self.providers))
+        self.set_degraded(False)
         self.heartbeat()
 
     def _handle(self, data: bytes | str) -> None:
         try:
             event = parse_event(data)
         except InvalidEvent as exc:
-            self.invalid_events += 1
-            log.warning("%s (ignored; %d so far)", exc, self.invalid_events)
+            self._reject(str(exc))
+            return
+        if event.provider not in self.providers:
+            self._reject(f"breaker event for unknown provider {event.provider!r}")
             return
         if self.mirror.apply_event(event):
             self.applied_events += 1
+
+    def _reject(self, why: str) -> None:
+        self.invalid_events += 1
+        log.warning("%s (ignored; %d so far)", why, self.invalid_events)
 
     # -- the process view ---------------------------------------------------------------------------
     def view(self) -> dict[str, Any]:
