@@ -62,14 +62,27 @@ class BreakerSettings(_Section):
 
 
 class RetrySettings(_Section):
-    """How one request treats a misbehaving provider (issue: failure conduct)."""
+    """How one request treats a misbehaving provider (README, "Failure conduct").
+
+    The defaults keep a background task patient with the preferred provider for a few
+    seconds, and never let one request send more than a few calls a second to a provider.
+    """
 
     same_provider_retries: int = Field(default=1, ge=0)
+    """Retries on the same provider after a 5xx/connection error or a cut/malformed stream.
+    One: a single blip is common and the retry is cheap; two failures in a row mean go elsewhere."""
     same_provider_backoff: float = Field(default=0.25, ge=0)
+    """Seconds before the first such retry (doubling per retry, with jitter between half and all of it)."""
     rate_limit_attempts: int = Field(default=3, ge=1)
+    """Calls to a provider answering 429 without Retry-After, per request, before failing over."""
     rate_limit_backoff: float = Field(default=0.5, ge=0)
+    """First 429 backoff (doubling, jittered): the default 3 attempts are spread over at least 0.75 s."""
     retry_after_wait_max: float = Field(default=5.0, ge=0)
+    """A Retry-After up to this long is waited out on the same provider; a longer one fails over at once."""
     request_timeout: float = Field(default=120.0, gt=0)
+    """Total seconds one run of the task may spend on calls, retries and waits; nothing starts after it."""
+    content_policy_failover: bool = False
+    """Try the next provider after a content-policy refusal (off: fail with ContentRejected at once)."""
 
 
 ProviderKind = Literal["openai", "anthropic", "openai-compatible"]
@@ -82,10 +95,15 @@ class ProviderSettings(_Section):
     priority: int = 100
     api_key_env: str | None = None
     base_url: str | None = None
-    timeout: float = Field(default=30.0, gt=0)
+    timeout: float = Field(default=60.0, gt=0)
+    """Longest one call may take, the whole answer streamed (1024 tokens at 20 tokens/s fit)."""
     connect_timeout: float = Field(default=5.0, gt=0)
+    """TCP (and TLS) connect; a provider that cannot even accept is failed over quickly."""
     first_token_timeout: float = Field(default=30.0, gt=0)
+    """From the start of the call (connect and headers included) to the first generated token.
+    A silent provider is failed over after this and not retried on the same route."""
     stall_timeout: float = Field(default=15.0, gt=0)
+    """Longest gap between stream events once tokens flow; past it the call fails over."""
     max_tokens: int = Field(default=1024, ge=1)
 
     @model_validator(mode="after")

@@ -7,19 +7,23 @@ nothing else in flexitasks inspects SDK exceptions. Pure: no I/O.
 
 from __future__ import annotations
 
+import email.utils
 import enum
 import json
+import math
+import time
+from collections.abc import Mapping
 
 import anthropic
 import httpx2
 import openai
 
 
-class FailureKind(str, enum.Enum):
+class FailureKind(enum.StrEnum):
     UNAVAILABLE = "unavailable"  # connection error, 408, 5xx, overloaded: try again / elsewhere
     RATE_LIMITED = "rate_limited"  # 429
-    TIMEOUT = "timeout"  # silent provider: never retried on the same route
-    TRUNCATED = "truncated"  # stream cut, stalled or malformed: restart cleanly
+    TIMEOUT = "timeout"  # silent: no response, late first token, stall; not retried on the same route
+    TRUNCATED = "truncated"  # stream cut or malformed: restart cleanly, never returned as an answer
     MISCONFIGURED = "misconfigured"  # 401/403/404, missing key: fail over, log loudly
     CONTEXT_LENGTH = "context_length"  # too long for this model: next provider, provider not blamed
     CONTENT_POLICY = "content_policy"  # refused content: fail the request
@@ -36,7 +40,9 @@ class FailureKind(str, enum.Enum):
         return self in (FailureKind.CONTENT_POLICY, FailureKind.BAD_REQUEST)
 
 
-_OUTAGES = frozenset({FailureKind.UNAVAILABLE, FailureKind.RATE_LIMITED, FailureKind.TIMEOUT, FailureKind.TRUNCATED})
+_OUTAGES = frozenset(
+    {FailureKind.UNAVAILABLE, FailureKind.RATE_LIMITED, FailureKind.TIMEOUT, FailureKind.TRUNCATED}
+)
 
 
 class ProviderFailure(Exception):
@@ -56,8 +62,20 @@ class ProviderFailure(Exception):
         return f"{self.kind.value}{status}: {self.message}"
 
 
-_CONTEXT_MARKERS = ("context_length_exceeded", "prompt is too long", "maximum context length", "too many tokens")
-_POLICY_MARKERS = ("content_policy", "content_filter", "content policy", "safety system")
+_CONTEXT_MARKERS = (
+    "context_length_exceeded",
+    "prompt is too long",
+    "maximum context length",
+    "too many tokens",
+)
+_POLICY_MARKERS = (
+    "content_policy",  # OpenAI code content_policy_violation
+    "content_filter",  # Azure OpenAI code content_filter
+    "content filtering",  # Anthropic "Output blocked by content filtering policy"
+    "content policy",
+    "safety system",
+    "responsibleaipolicyviolation",  # Azure inner error code
+)
 
 _API_STATUS = (openai.APIStatusError, anthropic.APIStatusError)
 _API_TIMEOUT = (openai.APITimeoutError, anthropic.APITimeoutError, httpx2.TimeoutException)
@@ -70,15 +88,33 @@ _MALFORMED = (
 )
 
 
-def parse_retry_after(value: str | None) -> float | None:
-    """Seconds from a Retry-After header (delta-seconds form); HTTP dates are ignored."""
-    if not value:
+def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
+    """Seconds from a Retry-After header: delta-seconds, or an HTTP date (relative to
+    ``now``, epoch seconds, default the wall clock). None when absent or unreadable."""
+    if not value or not value.strip():
         return None
+    text = value.strip()
     try:
-        seconds = float(value.strip())
+        seconds = float(text)
     except ValueError:
-        return None
-    return seconds if seconds >= 0 else None
+        try:
+            when = email.utils.parsedate_to_datetime(text)
+        except (TypeError, ValueError, IndexError):
+            return None
+        if when.tzinfo is None:
+            return None
+        seconds = when.timestamp() - (time.time() if now is None else now)
+        return max(seconds, 0.0)
+    return seconds if seconds >= 0 and math.isfinite(seconds) else None
+
+
+def retry_after_from(headers: Mapping[str, str], now: float | None = None) -> float | None:
+    """The provider's wait: ``retry-after-ms`` (OpenAI, Anthropic) is more precise than
+    ``retry-after``, so it wins when both are present."""
+    ms = parse_retry_after(headers.get("retry-after-ms"))
+    if ms is not None:
+        return ms / 1000.0
+    return parse_retry_after(headers.get("retry-after"), now)
 
 
 def _error_text(exc: openai.APIStatusError | anthropic.APIStatusError) -> str:
@@ -93,7 +129,7 @@ def _classify_status(exc: openai.APIStatusError | anthropic.APIStatusError) -> P
     text = _error_text(exc)
     code = str(getattr(exc, "code", None) or "")
     haystack = f"{code} {text}".lower()
-    retry_after = parse_retry_after(exc.response.headers.get("retry-after"))
+    retry_after = retry_after_from(exc.response.headers)
     if status == 429:
         return ProviderFailure(FailureKind.RATE_LIMITED, text, status=status, retry_after=retry_after)
     if status == 408 or status >= 500:

@@ -16,7 +16,7 @@ from flexitasks.config import RetrySettings
 from flexitasks.failover.classify import FailureKind, ProviderFailure
 
 
-class Action(str, enum.Enum):
+class Action(enum.StrEnum):
     RETRY_SAME = "retry_same"
     NEXT_PROVIDER = "next_provider"
     FAIL_REQUEST = "fail_request"
@@ -24,9 +24,16 @@ class Action(str, enum.Enum):
 
 @dataclass(frozen=True)
 class Decision:
+    """What to do after one failed call.
+
+    ``wait``: seconds to pause before RETRY_SAME. ``cool_down``: the provider asked not
+    to be called for this long; the router tells the whole fleet (breaker gate) and, with
+    NEXT_PROVIDER, may come back to it after that time if no other provider answers.
+    """
+
     action: Action
     wait: float = 0.0
-    cool_down: float | None = None  # tell the fleet to skip this provider for this long
+    cool_down: float | None = None
     why: str = ""
 
 
@@ -49,20 +56,34 @@ def next_provider_on(*kinds: FailureKind) -> Rule:
 
 
 def honour_retry_after(max_wait: float) -> Rule:
-    """A provider that says when to come back: short waits are worth it, long ones are not."""
+    """A provider that says when to come back (429/503 with a positive Retry-After) cools
+    down fleet-wide for that long. A short wait (<= ``max_wait``) is waited out once and
+    the same provider retried: the preferred model is worth a few seconds in a background
+    task. A longer one fails over at once. ``Retry-After: 0`` says nothing: backoff decides."""
 
     def rule(f: ProviderFailure, retries: int) -> Decision | None:
-        if f.retry_after is None or f.kind not in (FailureKind.RATE_LIMITED, FailureKind.UNAVAILABLE):
+        ra = f.retry_after
+        if ra is None or ra <= 0 or f.kind not in (FailureKind.RATE_LIMITED, FailureKind.UNAVAILABLE):
             return None
-        if f.retry_after <= max_wait and retries == 0:
-            return Decision(Action.RETRY_SAME, wait=f.retry_after, cool_down=f.retry_after, why="retry-after")
-        return Decision(Action.NEXT_PROVIDER, cool_down=f.retry_after, why="retry-after too long")
+        if ra <= max_wait and retries == 0:
+            return Decision(Action.RETRY_SAME, wait=ra, cool_down=ra, why=f"retry-after {ra:g}s: waiting")
+        return Decision(Action.NEXT_PROVIDER, cool_down=ra, why=f"retry-after {ra:g}s: fail over")
 
     return rule
 
 
+def backoff_wait(base: float, retries: int, rand: float) -> float:
+    """Exponential backoff with equal jitter: between half and all of ``base * 2**retries``.
+
+    Jitter spreads a fleet's retries apart; the fixed half is a floor on the spacing, so
+    a provider never sees one request's retries closer together than ``base / 2``.
+    """
+    full = base * 2**retries
+    return full / 2 + full / 2 * rand
+
+
 def backoff_on(kind: FailureKind, attempts: int, base: float, rng: random.Random | None = None) -> Rule:
-    """Exponential backoff with full jitter, then fail over after ``attempts`` retries."""
+    """Retry the same provider up to ``attempts`` times with ``backoff_wait``, then fail over."""
     rand = rng or random.Random()
 
     def rule(f: ProviderFailure, retries: int) -> Decision | None:
@@ -70,7 +91,7 @@ def backoff_on(kind: FailureKind, attempts: int, base: float, rng: random.Random
             return None
         if retries >= attempts:
             return Decision(Action.NEXT_PROVIDER, why=f"{kind.value}: {retries} retries spent")
-        return Decision(Action.RETRY_SAME, wait=base * 2**retries * (0.5 + rand.random() / 2), why="backoff")
+        return Decision(Action.RETRY_SAME, wait=backoff_wait(base, retries, rand.random()), why="backoff")
 
     return rule
 
@@ -93,14 +114,18 @@ class FailoverPolicy:
 
 def default_policy(settings: RetrySettings, rng: random.Random | None = None) -> FailoverPolicy:
     """The documented behaviour for each fault (README, 'Failure conduct')."""
+    s = settings
+    refusal = (FailureKind.CONTENT_POLICY,)
+    fatal, onward = ((), refusal) if s.content_policy_failover else (refusal, ())
     return FailoverPolicy(
         rules=(
-            fail_request_on(FailureKind.CONTENT_POLICY, FailureKind.BAD_REQUEST),
+            fail_request_on(FailureKind.BAD_REQUEST, *fatal),
             next_provider_on(FailureKind.CONTEXT_LENGTH, FailureKind.MISCONFIGURED, FailureKind.TIMEOUT),
-            honour_retry_after(settings.retry_after_wait_max),
-            backoff_on(FailureKind.RATE_LIMITED, settings.rate_limit_attempts - 1, settings.rate_limit_backoff, rng),
-            backoff_on(FailureKind.UNAVAILABLE, settings.same_provider_retries, settings.same_provider_backoff, rng),
-            backoff_on(FailureKind.TRUNCATED, settings.same_provider_retries, settings.same_provider_backoff, rng),
+            next_provider_on(*onward),
+            honour_retry_after(s.retry_after_wait_max),
+            backoff_on(FailureKind.RATE_LIMITED, s.rate_limit_attempts - 1, s.rate_limit_backoff, rng),
+            backoff_on(FailureKind.UNAVAILABLE, s.same_provider_retries, s.same_provider_backoff, rng),
+            backoff_on(FailureKind.TRUNCATED, s.same_provider_retries, s.same_provider_backoff, rng),
             always(Action.NEXT_PROVIDER),
         )
     )

@@ -3,6 +3,12 @@
 The only place where "which provider next" is decided. It asks the breaker gate
 whether a provider may be called, asks the policy what a failure means, and records
 every attempt. It owns no I/O of its own beyond sleeping between retries.
+
+Time: one run has a deadline (``request_timeout`` from its start). No call starts at or
+after it, every call's budget ends at it, and no wait crosses it. A provider that asked
+for a pause (Retry-After) is cooled down fleet-wide through the gate; if every other
+provider then fails or is skipped, the run waits for the earliest such cool-down to end,
+when that is before the deadline, and tries that provider again.
 """
 
 from __future__ import annotations
@@ -10,7 +16,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
 from flexitasks.config import ProviderSettings
@@ -22,6 +28,12 @@ from flexitasks.providers.base import ProviderAdapter
 
 log = logging.getLogger(__name__)
 
+ADMIT_GRACE = 0.25
+"""Seconds to keep asking for a provider whose cool-down is known to be over: the
+breaker store's clock and ours differ by a few milliseconds, and another process may
+hold the half-open probe for a moment."""
+ADMIT_POLL = 0.02
+
 
 @dataclass(frozen=True)
 class Permit:
@@ -30,7 +42,12 @@ class Permit:
 
 
 class BreakerGate(Protocol):
-    """What the router needs from circuit breakers (see ``flexitasks.breaker.gate``)."""
+    """What the router needs from circuit breakers (see ``flexitasks.breaker.gate``).
+
+    A gate may also offer ``reopens_in(provider) -> float | None``: seconds until a
+    provider it skips because of a cool-down may be called again (None: unknown). The
+    router then waits for cool-downs other processes set, as it does for its own.
+    """
 
     def admit(self, provider: str) -> Permit | None: ...
     def succeeded(self, permit: Permit) -> None: ...
@@ -52,6 +69,24 @@ class OpenGate:
 
     def cool_down(self, provider: str, seconds: float) -> None:
         pass
+
+
+@dataclass
+class _Route:
+    """One provider's standing within one run."""
+
+    provider: ProviderSettings
+    retries: int = 0  # calls after the first, across the whole run
+    back_at: float | None = None  # cooling down until then (router clock); None: done for this run
+    cooled: bool = False  # a cool-down we know of has ended: expect admission shortly
+
+
+@dataclass
+class _Run:
+    deadline: float
+    attempts: list[Attempt] = field(default_factory=list)
+    last_error: dict[str, str] = field(default_factory=dict)
+    refusal: str | None = None  # a content-policy refusal, when those fail over
 
 
 class Router:
@@ -84,59 +119,114 @@ class Router:
 
     def run(self, request: ChatRequest) -> ChatResult:
         start = self.clock()
-        deadline = start + self.request_timeout
-        attempts: list[Attempt] = []
-        last_error: dict[str, str] = {}
-        for provider in self.eligible(request):
-            result = self._try_provider(provider, request, deadline, attempts, last_error)
-            if result is not None:
-                result.latency_ms = round((self.clock() - start) * 1000, 3)
-                return result
-            if self.clock() >= deadline:
-                last_error.setdefault("(deadline)", f"request_timeout {self.request_timeout}s reached")
+        run = _Run(deadline=start + self.request_timeout)
+        routes = [_Route(p) for p in self.eligible(request)]
+        ready = list(routes)
+        while True:
+            for route in ready:
+                if self.clock() >= run.deadline:
+                    break
+                result = self._try_route(route, request, run)
+                if result is not None:
+                    result.latency_ms = round((self.clock() - start) * 1000, 3)
+                    return result
+            if not self._wait_for_cooldown(routes, run):
                 break
-        summary = "; ".join(f"{name}: {err}" for name, err in last_error.items()) or "no provider configured"
+            now = self.clock()
+            ready = [r for r in routes if r.back_at is not None and r.back_at <= now]
+            for route in ready:
+                route.cooled = True
+        if self.clock() >= run.deadline:
+            run.last_error.setdefault("(deadline)", f"request_timeout {self.request_timeout:g}s reached")
+        if run.refusal is not None:
+            raise ContentRejected(run.refusal)
+        errors = run.last_error.items()
+        summary = "; ".join(f"{name}: {err}" for name, err in errors) or "no provider configured"
         raise AllProvidersFailed(f"all providers failed: {summary}")
 
-    def _try_provider(
-        self,
-        provider: ProviderSettings,
-        request: ChatRequest,
-        deadline: float,
-        attempts: list[Attempt],
-        last_error: dict[str, str],
-    ) -> ChatResult | None:
-        retries = 0
+    def _wait_for_cooldown(self, routes: list[_Route], run: _Run) -> bool:
+        """Nowhere else to go: sleep until the earliest cool-down ends, if before the deadline."""
+        ends = [r.back_at for r in routes if r.back_at is not None]
+        if not ends:
+            return False
+        wake = min(ends)
+        if wake >= run.deadline:
+            return False
+        log.info("every provider failed or is cooling down; waiting %.2fs", wake - self.clock())
+        self.sleep(max(wake - self.clock(), 0.0))
+        return True
+
+    def _admit(self, provider: str, run: _Run, patient: bool) -> Permit | None:
+        permit = self.gate.admit(provider)
+        if permit is not None or not patient:
+            return permit
+        until = min(self.clock() + ADMIT_GRACE, run.deadline)
+        while permit is None and self.clock() + ADMIT_POLL < until:
+            self.sleep(ADMIT_POLL)
+            permit = self.gate.admit(provider)
+        return permit
+
+    def _reopens_in(self, provider: str) -> float | None:
+        probe = getattr(self.gate, "reopens_in", None)
+        if probe is None:
+            return None
+        try:
+            left = probe(provider)
+        except Exception:  # a gate that cannot tell must not fail the request
+            log.exception("breaker gate could not say when %s reopens", provider)
+            return None
+        return float(left) if left is not None and left > 0 else None
+
+    def _try_route(self, route: _Route, request: ChatRequest, run: _Run) -> ChatResult | None:
+        """Call one provider, retrying it as the policy says; None means try elsewhere."""
+        provider = route.provider
+        patient, route.cooled, route.back_at = route.cooled, False, None
         while True:
-            permit = self.gate.admit(provider.name)
+            if self.clock() >= run.deadline:
+                return None
+            permit = self._admit(provider.name, run, patient)
             if permit is None:
-                attempts.append(Attempt(provider=provider.name, outcome="skipped", error="circuit open"))
-                last_error.setdefault(provider.name, "skipped: circuit open")
+                left = self._reopens_in(provider.name)
+                why = "circuit open" if left is None else f"cooling down, {left:.2f}s left"
+                run.attempts.append(Attempt(provider=provider.name, outcome="skipped", error=why))
+                run.last_error.setdefault(provider.name, f"skipped: {why}")
+                if left is not None:
+                    route.back_at = self.clock() + left
                 return None
             t0 = self.clock()
             try:
-                completion = self.adapters[provider.name].complete(request, max(deadline - t0, 0.001))
+                completion = self.adapters[provider.name].complete(request, max(run.deadline - t0, 0.001))
             except Exception as exc:
                 failure = classify(exc)
                 latency = round((self.clock() - t0) * 1000, 3)
-                attempts.append(Attempt(provider=provider.name, outcome="error", error=str(failure), latency_ms=latency))
-                last_error[provider.name] = str(failure)
+                run.attempts.append(
+                    Attempt(provider=provider.name, outcome="error", error=str(failure), latency_ms=latency)
+                )
+                run.last_error[provider.name] = str(failure)
                 self.gate.failed(permit, failure)
-                decision = self.policy.decide(failure, retries)
+                decision = self.policy.decide(failure, route.retries)
+                cool_end = None
                 if decision.cool_down:
                     self.gate.cool_down(provider.name, decision.cool_down)
+                    cool_end = self.clock() + decision.cool_down
                 self._log(provider, failure, decision.action)
                 if decision.action is Action.FAIL_REQUEST:
                     error = ContentRejected if failure.kind is FailureKind.CONTENT_POLICY else RequestRejected
                     raise error(f"{provider.name} rejected the request: {failure.message}") from None
-                if decision.action is Action.RETRY_SAME and self.clock() + decision.wait < deadline:
+                if failure.kind is FailureKind.CONTENT_POLICY:
+                    run.refusal = f"{provider.name} rejected the request: {failure.message}"
+                if decision.action is Action.RETRY_SAME and self.clock() + decision.wait < run.deadline:
                     self.sleep(decision.wait)
-                    retries += 1
+                    route.retries += 1
+                    patient = cool_end is not None
                     continue
+                if cool_end is not None:  # may come back after the cool-down: that will be a retry
+                    route.retries += 1
+                    route.back_at = cool_end
                 return None
             self.gate.succeeded(permit)
             latency = round((self.clock() - t0) * 1000, 3)
-            attempts.append(Attempt(provider=provider.name, outcome="ok", latency_ms=latency))
+            run.attempts.append(Attempt(provider=provider.name, outcome="ok", latency_ms=latency))
             return ChatResult(
                 content=completion.content,
                 provider=provider.name,
@@ -147,7 +237,7 @@ class Router:
                     output_tokens=completion.output_tokens,
                     total_tokens=completion.input_tokens + completion.output_tokens,
                 ),
-                attempts=attempts,
+                attempts=run.attempts,
                 latency_ms=0.0,
             )
 

@@ -1,7 +1,9 @@
 """Anthropic's Messages API through the official ``anthropic`` SDK.
 
-System messages become the ``system`` parameter; a stream without ``message_stop``
-is truncated, whatever text it carried.
+System messages become the ``system`` parameter. An answer is complete once
+``message_delta`` carries the ``stop_reason`` (with the output usage); ``message_stop``
+only closes the stream, so its absence costs at most ``TAIL_GRACE``. A stream that ends
+before the stop reason is truncated, whatever text it carried.
 """
 
 from __future__ import annotations
@@ -11,9 +13,18 @@ from typing import Any
 import anthropic
 
 from flexitasks.config import ProviderSettings
-from flexitasks.failover.classify import FailureKind, ProviderFailure, classify
+from flexitasks.failover.classify import FailureKind, ProviderFailure
 from flexitasks.models import ChatRequest
-from flexitasks.providers.base import Completion, PerProcessClient, StreamWatch, http_timeout, require_key
+from flexitasks.providers.base import (
+    Completion,
+    PerProcessClient,
+    StreamWatch,
+    WatchedTransport,
+    http_timeout,
+    require_key,
+)
+
+_OUTPUT_DELTAS = ("text_delta", "thinking_delta", "input_json_delta", "citations_delta", "signature_delta")
 
 
 class AnthropicAdapter:
@@ -23,7 +34,12 @@ class AnthropicAdapter:
         self._client = PerProcessClient(self._make_client)
 
     def _make_client(self) -> anthropic.Anthropic:
-        return anthropic.Anthropic(api_key=require_key(self.settings), base_url=self.settings.base_url, max_retries=0)
+        return anthropic.Anthropic(
+            api_key=require_key(self.settings),
+            base_url=self.settings.base_url,
+            max_retries=0,
+            http_client=anthropic.DefaultHttpxClient(transport=WatchedTransport()),
+        )
 
     def _params(self, request: ChatRequest) -> dict[str, Any]:
         params: dict[str, Any] = {
@@ -39,43 +55,44 @@ class AnthropicAdapter:
         return params
 
     def complete(self, request: ChatRequest, budget: float) -> Completion:
-        watch = StreamWatch(self.settings, budget)
         parts: list[str] = []
         model = self.settings.model
         stop_reason: str | None = None
         input_tokens = output_tokens = 0
-        finished = False
-        try:
-            stream = self._client.get().messages.create(
-                **self._params(request), timeout=http_timeout(self.settings, budget)
-            )
-            with stream:
-                for event in stream:
-                    text = ""
-                    if event.type == "message_start":
-                        model = event.message.model or model
-                        input_tokens = event.message.usage.input_tokens or 0
-                    elif event.type == "content_block_delta" and getattr(event.delta, "type", "") == "text_delta":
-                        text = event.delta.text
-                    elif event.type == "message_delta":
-                        stop_reason = event.delta.stop_reason or stop_reason
-                        output_tokens = event.usage.output_tokens or output_tokens
-                    elif event.type == "message_stop":
-                        finished = True
-                    watch.chunk(bool(text))
-                    parts.append(text)
-                    if finished:
-                        break
-        except Exception as exc:
-            raise classify(exc) from None
-        if not finished:
-            raise ProviderFailure(FailureKind.TRUNCATED, "stream ended before message_stop")
+        client = self._client.get()  # before the clock starts: building it is not the provider's delay
+        with StreamWatch(self.settings, budget) as watch:
+            try:
+                stream = client.messages.create(
+                    **self._params(request), timeout=http_timeout(self.settings, budget)
+                )
+                with stream:
+                    for event in stream:
+                        delta_type = getattr(getattr(event, "delta", None), "type", "")
+                        watch.chunk(
+                            event.type == "content_block_delta" and delta_type in _OUTPUT_DELTAS,
+                            progress=event.type != "ping",
+                        )
+                        if event.type == "message_start":
+                            model = event.message.model or model
+                            input_tokens = event.message.usage.input_tokens or 0
+                        elif event.type == "content_block_delta" and delta_type == "text_delta":
+                            parts.append(event.delta.text)
+                        elif event.type == "message_delta":
+                            stop_reason = event.delta.stop_reason or stop_reason
+                            output_tokens = event.usage.output_tokens or output_tokens
+                            if stop_reason and not watch.done:
+                                watch.complete()  # only message_stop may follow, within TAIL_GRACE
+            except Exception as exc:
+                if stop_reason is None:  # after the stop reason the answer is whole, whatever happens
+                    raise watch.failure(exc) from None
+        if stop_reason is None:
+            raise ProviderFailure(FailureKind.TRUNCATED, "stream ended before the stop_reason (incomplete)")
         if stop_reason == "refusal":
             raise ProviderFailure(FailureKind.CONTENT_POLICY, "the model refused the request")
         return Completion(
             content="".join(parts),
             model=model,
-            finish_reason=stop_reason or "end_turn",
+            finish_reason=stop_reason,
             input_tokens=input_tokens,
             output_tokens=output_tokens,
         )
