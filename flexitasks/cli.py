@@ -21,7 +21,7 @@ def fleet_status() -> dict[str, Any]:
     """``{"providers": {name: snapshot}, "processes": [view, ...]}`` from Redis."""
     import redis
 
-    from flexitasks.app import settings
+    from flexitasks.celery_app import settings
     from flexitasks.breaker.redis_store import RedisBreakerStore
 
     s = settings.sync

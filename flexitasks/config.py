@@ -37,8 +37,8 @@ class CelerySettings(_Section):
     result_expires: float = Field(default=3600.0, gt=0)
     prefetch_multiplier: int = Field(default=1, ge=1)
     max_task_retries: int = Field(default=3, ge=0)
-    retry_backoff: float = Field(default=2.0, ge=0)
-    retry_backoff_max: float = Field(default=60.0, ge=0)
+    retry_backoff: int = Field(default=2, ge=1)  # Celery's factor: whole seconds
+    retry_backoff_max: int = Field(default=60, ge=1)
 
 
 class SyncSettings(_Section):

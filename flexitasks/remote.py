@@ -14,7 +14,7 @@ from typing import Any
 
 from celery.worker.control import control_command, inspect_command
 
-from flexitasks.app import settings
+from flexitasks.celery_app import settings
 from flexitasks.breaker.store import BreakerState
 from flexitasks.sync import process
 from flexitasks.worker import EVENT_TYPES, event_fields

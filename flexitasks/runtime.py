@@ -10,7 +10,7 @@ import os
 import threading
 from dataclasses import dataclass
 
-from flexitasks.app import settings
+from flexitasks.celery_app import settings
 from flexitasks.failover.policy import default_policy
 from flexitasks.failover.router import BreakerGate, OpenGate, Router
 from flexitasks.providers import build_adapter

@@ -11,7 +11,7 @@ from typing import Any
 
 from celery import Task
 
-from flexitasks.app import app, settings
+from flexitasks.celery_app import app, settings
 from flexitasks.errors import AllProvidersFailed
 from flexitasks.models import ChatRequest
 from flexitasks.runtime import runtime
@@ -22,7 +22,7 @@ from flexitasks.runtime import runtime
     name="flexitasks.chat",
     autoretry_for=(AllProvidersFailed,),
     retry_backoff=settings.celery.retry_backoff,
-    retry_backoff_max=int(settings.celery.retry_backoff_max),
+    retry_backoff_max=settings.celery.retry_backoff_max,
     retry_jitter=True,
     max_retries=settings.celery.max_task_retries,
     acks_late=True,

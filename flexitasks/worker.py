@@ -17,7 +17,7 @@ from typing import Any
 from celery import bootsteps, current_task
 from celery.signals import celeryd_init, worker_init, worker_process_init, worker_process_shutdown
 
-from flexitasks.app import app, settings
+from flexitasks.celery_app import app, settings
 from flexitasks.breaker.store import BreakerState, StoreResult
 from flexitasks.sync import process
 
@@ -70,8 +70,10 @@ def _check_keys(**_: Any) -> None:
         log.error("flexitasks: no [[providers]] configured in %s; every chat task will fail", settings.source)
     for p in settings.providers:
         if p.api_key_env and p.api_key is None:
-            log.error("flexitasks: provider %s: environment variable %s is not set; it will be skipped",
+            log.error("flexitasks: provider %s: environment variable %s is not set; its calls will fail over",
                       p.name, p.api_key_env)
+        elif p.api_key_env is None and p.kind != "openai-compatible":
+            log.warning("flexitasks: provider %s has no api_key_env; it is called without a key", p.name)
 
 
 @worker_process_init.connect

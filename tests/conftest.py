@@ -60,7 +60,7 @@ CONFIG.write_text(f"""
 broker_url = "{REDIS_URL}"
 result_backend = "{REDIS_URL}"
 max_task_retries = 1
-retry_backoff = 0.2
+retry_backoff = 1
 retry_backoff_max = 1
 
 [sync]
@@ -192,7 +192,7 @@ def worker(redis_client: redis.Redis, fakes: dict[str, object]) -> Iterator[subp
 @pytest.fixture()
 def clean(fakes: dict[str, object], redis_client: redis.Redis) -> Iterator[dict[str, object]]:
     """Healthy fakes with zeroed counters, every breaker closed."""
-    from flexitasks.app import settings
+    from flexitasks.celery_app import settings
     from flexitasks.breaker.redis_store import RedisBreakerStore
     from flexitasks.breaker.store import BreakerState
 

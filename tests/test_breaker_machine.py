@@ -35,9 +35,18 @@ def opened(now: float = T0, reopen_count: int = 0) -> BreakerRecord:
     return rec(S.OPEN, generation=1, open_until=now, reopen_count=reopen_count, reason="threshold")
 
 
-def half_open(owner: str | None = "a", until: float = T0 + 30, successes: int = 0, reopen: int = 1) -> BreakerRecord:
-    return rec(S.HALF_OPEN, generation=2, probe_owner=owner, probe_until=until, probe_successes=successes,
-               reopen_count=reopen, open_until=T0 - 1)
+def half_open(
+    owner: str | None = "a", until: float = T0 + 30, successes: int = 0, reopen: int = 1
+) -> BreakerRecord:
+    return rec(
+        S.HALF_OPEN,
+        generation=2,
+        probe_owner=owner,
+        probe_until=until,
+        probe_successes=successes,
+        reopen_count=reopen,
+        open_until=T0 - 1,
+    )
 
 
 # ---------------------------------------------------------------- interval
@@ -60,7 +69,9 @@ def test_failures_below_threshold_publish_failure_event() -> None:
     r = rec()
     d = decide(r, "record_failure", T0, POLICY, 0.0)
     assert not d.transitioned and r.state is S.CLOSED
-    assert d.event == {"v": 1, "type": "failure", "provider": "p", "generation": 0, "failures": 1, "calls": 1, "at": T0}
+    assert d.event == {
+        "v": 1, "type": "failure", "provider": "p", "generation": 0, "failures": 1, "calls": 1, "at": T0
+    }
 
 
 def test_threshold_opens_once_with_interval_zero() -> None:

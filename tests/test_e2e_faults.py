@@ -20,7 +20,7 @@ import pytest
 import redis
 
 from flexitasks import AllProvidersFailed, ContentRejected, chat_task
-from flexitasks.app import settings
+from flexitasks.celery_app import settings
 from flexitasks.breaker.redis_store import RedisBreakerStore
 from flexitasks.breaker.store import BreakerSnapshot, BreakerState
 

@@ -104,6 +104,6 @@ class MemoryBreakerStore:
             if decision.event is not None and self._publish is not None:
                 try:
                     self._publish(decision.event)
-                except Exception:  # noqa: BLE001 - the transition happened; report, don't undo
+                except Exception:  # the transition happened: report it, don't undo it
                     log.exception("breaker event publish failed for provider %r", provider)
             return result

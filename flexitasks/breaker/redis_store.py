@@ -155,7 +155,9 @@ class RedisBreakerStore:
                 self._check_provider(name)
             now = self._now_arg()
         except ValueError as exc:
-            raise InvalidBreakerOperation(f"breaker snapshot of {label!r}: {exc}", op="snapshot", provider=label) from None
+            raise InvalidBreakerOperation(
+                f"breaker snapshot of {label!r}: {exc}", op="snapshot", provider=label
+            ) from None
         keys: list[str] = []
         for name in names:
             keys += [self.state_key(name), self.window_key(name)]
@@ -164,7 +166,9 @@ class RedisBreakerStore:
             return {name: _decode(name, row).snapshot for name, row in zip(names, rows, strict=True)}
         except (ValueError, TypeError) as exc:
             raise BreakerStoreError(
-                f"breaker snapshot of {label!r}: unreadable reply from Redis: {exc}", op="snapshot", provider=label
+                f"breaker snapshot of {label!r}: unreadable reply from Redis: {exc}",
+                op="snapshot",
+                provider=label,
             ) from exc
 
     def record_failure(self, provider: str, policy: BreakerPolicy, successes: int = 0) -> StoreResult:
@@ -231,7 +235,9 @@ class RedisBreakerStore:
             return _decode(provider, row)
         except (ValueError, TypeError) as exc:
             raise BreakerStoreError(
-                f"breaker {op} for provider {provider!r}: unreadable reply from Redis: {exc}", op=op, provider=provider
+                f"breaker {op} for provider {provider!r}: unreadable reply from Redis: {exc}",
+                op=op,
+                provider=provider,
             ) from exc
 
     def _eval(self, op: str, provider: str, keys: list[str], argv: list[str]) -> Any:
@@ -241,8 +247,9 @@ class RedisBreakerStore:
         except redis.ResponseError as exc:
             message = str(exc)
             if message.startswith(_BADARG):
+                detail = message[len(_BADARG) :].strip()
                 raise InvalidBreakerOperation(
-                    f"breaker {op} for provider {provider!r} rejected by the script: {message[len(_BADARG):].strip()}",
+                    f"breaker {op} for provider {provider!r} rejected by the script: {detail}",
                     op=op,
                     provider=provider,
                 ) from None

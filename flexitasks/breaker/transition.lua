@@ -271,7 +271,7 @@ elseif op == 'acquire_probe' then
       transition('half_open', 'recovery_elapsed')
     end
   elseif s.state == 'half_open' then
-    if s.probe_owner == "" or now > s.probe_until then
+    if s.probe_owner == '' or now >= s.probe_until then
       s.probe_owner = owner
       s.probe_until = now + p.probe_ttl
       granted = true

@@ -260,6 +260,10 @@ class PerProcessClient(Generic[ClientT]):
 
 
 def require_key(settings: ProviderSettings) -> str:
+    """The provider's key; a provider configured without ``api_key_env`` (a local
+    OpenAI-compatible server, say) sends a placeholder, as the SDKs insist on one."""
+    if settings.api_key_env is None:
+        return "no-key"
     key = settings.api_key
     if key is None:
         raise ProviderFailure(

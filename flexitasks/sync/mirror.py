@@ -54,8 +54,13 @@ class Mirror:
                     self._offset = snap.now - self._clock()
                 old = self._views.get(snap.provider)
                 seen = snap.now if snap.failures else 0.0
-                self._views[snap.provider] = View(snap, snap.now or self.now(), seen)
-                if old is None or (old.snapshot.state, old.snapshot.generation) != (snap.state, snap.generation):
+                same = old is not None and (old.snapshot.state, old.snapshot.generation) == (
+                    snap.state,
+                    snap.generation,
+                )
+                applied_at = old.applied_at if same and old is not None else (snap.now or self.now())
+                self._views[snap.provider] = View(snap, applied_at, seen)
+                if not same:
                     changed.append(snap.provider)
         self._notify(changed)
 
@@ -66,8 +71,9 @@ class Mirror:
             if old is not None and snap.generation < old.snapshot.generation:
                 return False
             seen = snap.now if snap.failures else (old.failures_seen_at if old else 0.0)
-            self._views[snap.provider] = View(snap, snap.now or self.now(), seen)
             changed = old is None or old.snapshot.generation != snap.generation
+            applied_at = snap.now or self.now() if changed or old is None else old.applied_at
+            self._views[snap.provider] = View(snap, applied_at, seen)
         if changed:
             self._notify([snap.provider])
         return changed

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import redis
 
-from flexitasks.app import settings
+from flexitasks.celery_app import settings
 from flexitasks.breaker.gate import FleetGate, TransitionListener
 from flexitasks.breaker.redis_store import RedisBreakerStore
 from flexitasks.breaker.store import StoreResult
