@@ -21,8 +21,8 @@ def fleet_status() -> dict[str, Any]:
     """``{"providers": {name: snapshot}, "processes": [view, ...]}`` from Redis."""
     import redis
 
-    from flexitasks.celery_app import settings
     from flexitasks.breaker.redis_store import RedisBreakerStore
+    from flexitasks.celery_app import settings
 
     s = settings.sync
     client = redis.Redis.from_url(s.redis_url, socket_timeout=s.socket_timeout,

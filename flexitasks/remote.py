@@ -14,8 +14,8 @@ from typing import Any
 
 from celery.worker.control import control_command, inspect_command
 
-from flexitasks.celery_app import settings
 from flexitasks.breaker.store import BreakerState
+from flexitasks.celery_app import settings
 from flexitasks.sync import process
 from flexitasks.worker import EVENT_TYPES, event_fields
 

@@ -17,8 +17,8 @@ from typing import Any
 from celery import bootsteps, current_task
 from celery.signals import celeryd_init, worker_init, worker_process_init, worker_process_shutdown
 
-from flexitasks.celery_app import app, settings
 from flexitasks.breaker.store import BreakerState, StoreResult
+from flexitasks.celery_app import app, settings
 from flexitasks.sync import process
 
 log = logging.getLogger(__name__)

@@ -192,9 +192,9 @@ def worker(redis_client: redis.Redis, fakes: dict[str, object]) -> Iterator[subp
 @pytest.fixture()
 def clean(fakes: dict[str, object], redis_client: redis.Redis) -> Iterator[dict[str, object]]:
     """Healthy fakes with zeroed counters, every breaker closed."""
-    from flexitasks.celery_app import settings
     from flexitasks.breaker.redis_store import RedisBreakerStore
     from flexitasks.breaker.store import BreakerState
+    from flexitasks.celery_app import settings
 
     store = RedisBreakerStore(redis_client, key_prefix=KEY_PREFIX, channel=f"{KEY_PREFIX}:events")
     for fp in fakes.values():

@@ -24,9 +24,9 @@ import redis
 from conftest import KEY_PREFIX, ROOT, WORKDIR, free_port, start_worker, stop_worker, wait_for_worker
 
 from flexitasks import app, chat_task
-from flexitasks.celery_app import settings
 from flexitasks.breaker.redis_store import RedisBreakerStore
 from flexitasks.breaker.store import BreakerState
+from flexitasks.celery_app import settings
 from flexitasks.cli import fleet_status
 
 pytestmark = pytest.mark.usefixtures("worker")

@@ -20,9 +20,9 @@ import pytest
 import redis
 
 from flexitasks import AllProvidersFailed, ContentRejected, chat_task
-from flexitasks.celery_app import settings
 from flexitasks.breaker.redis_store import RedisBreakerStore
 from flexitasks.breaker.store import BreakerSnapshot, BreakerState
+from flexitasks.celery_app import settings
 
 pytestmark = pytest.mark.usefixtures("worker")
 

@@ -82,7 +82,8 @@ class FleetGate:
             return None
         if view.state is BreakerState.OPEN and now < view.open_until:
             return None
-        if view.state is BreakerState.HALF_OPEN and view.probe_owner not in (None, self.owner) and now < view.probe_until:
+        probing_elsewhere = view.probe_owner not in (None, self.owner) and now < view.probe_until
+        if view.state is BreakerState.HALF_OPEN and probing_elsewhere:
             return None
         return self._admit_by_store(provider)
 

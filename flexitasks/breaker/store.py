@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 
-class BreakerState(str, enum.Enum):
+class BreakerState(enum.StrEnum):
     CLOSED = "closed"
     OPEN = "open"
     HALF_OPEN = "half_open"

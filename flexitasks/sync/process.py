@@ -15,10 +15,10 @@ from dataclasses import dataclass
 
 import redis
 
-from flexitasks.celery_app import settings
 from flexitasks.breaker.gate import FleetGate, TransitionListener
 from flexitasks.breaker.redis_store import RedisBreakerStore
 from flexitasks.breaker.store import StoreResult
+from flexitasks.celery_app import settings
 from flexitasks.sync.mirror import Mirror
 from flexitasks.sync.subscriber import Subscriber
 

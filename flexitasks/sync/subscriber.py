@@ -10,6 +10,7 @@ degraded mode and are retried with backoff; they never end the thread.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -79,10 +80,8 @@ class Subscriber:
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=2)
-        try:
+        with contextlib.suppress(redis.RedisError):
             self.client.delete(self.key)
-        except redis.RedisError:
-            pass
 
     # -- the loop ---------------------------------------------------------------------------------
     def _run(self) -> None:
@@ -125,10 +124,8 @@ class Subscriber:
                 if now - self._last_heartbeat >= self.heartbeat_interval:
                     self.heartbeat()
         finally:
-            try:
+            with contextlib.suppress(redis.RedisError, OSError):
                 pubsub.close()
-            except (redis.RedisError, OSError):
-                pass
 
     def _resync(self) -> None:
         """Reload the authoritative state; a store that answers ends degraded mode, even
@@ -175,10 +172,8 @@ class Subscriber:
         """Record the new view at once: the fleet view should not lag a transition."""
         if not self.connected.is_set():
             return
-        try:
+        with contextlib.suppress(redis.RedisError):
             self.heartbeat()
-        except redis.RedisError:
-            pass
 
 
 def _brief(view: View) -> dict[str, Any]:
