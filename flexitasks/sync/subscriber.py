@@ -29,6 +29,9 @@ from flexitasks.sync.mirror import Mirror, View
 log = logging.getLogger(__name__)
 
 
+VIEW_WRITE_DELAY = 0.05  # seconds from a change of the mirror to writing this process's view
+
+
 def process_key(prefix: str, host: str, pid: int) -> str:
     return f"{prefix}:proc:{host}:{pid}"
 
@@ -67,6 +70,7 @@ class Subscriber:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._last_heartbeat = 0.0
+        self._view_due: float | None = None
         mirror.listeners.append(self._on_change)
 
     # -- lifecycle --------------------------------------------------------------------------------
@@ -114,14 +118,17 @@ class Subscriber:
             self.connected.set()
             last_resync = time.monotonic()
             while not self._stop.is_set():
-                message = pubsub.get_message(timeout=0.2)
+                due = self._view_due
+                wait = 0.2 if due is None else min(0.2, max(0.0, due - time.monotonic()))
+                message = pubsub.get_message(timeout=wait)
                 if message is not None and message.get("type") == "message":
                     self._handle(message["data"])
                 now = time.monotonic()
                 if now - last_resync >= self.resync_interval:
                     self._resync()
                     last_resync = now
-                if now - self._last_heartbeat >= self.heartbeat_interval:
+                due = self._view_due
+                if (due is not None and now >= due) or now - self._last_heartbeat >= self.heartbeat_interval:
                     self.heartbeat()
         finally:
             with contextlib.suppress(redis.RedisError, OSError):
@@ -165,15 +172,16 @@ class Subscriber:
 
     def heartbeat(self) -> None:
         ttl = max(3, int(self.heartbeat_interval * 3 + 1))
+        self._view_due = None
         self.client.set(self.key, json.dumps(self.view()), ex=ttl)
         self._last_heartbeat = time.monotonic()
 
     def _on_change(self, _provider: str, _view: View) -> None:
-        """Record the new view at once: the fleet view should not lag a transition."""
-        if not self.connected.is_set():
-            return
-        with contextlib.suppress(redis.RedisError):
-            self.heartbeat()
+        """Record the new view soon, from this thread: writing it at once would put a Redis
+        round trip (and 16 processes' writes) in the path of the next event, and in the
+        path of the task thread when its own store call changed the mirror."""
+        if self._view_due is None:
+            self._view_due = time.monotonic() + VIEW_WRITE_DELAY
 
 
 def _brief(view: View) -> dict[str, Any]:
