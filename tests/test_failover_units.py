@@ -29,7 +29,8 @@ from flexitasks.failover.classify import (
 from flexitasks.failover.policy import Action, backoff_wait, default_policy
 from flexitasks.failover.router import ADMIT_GRACE, Permit, Router
 from flexitasks.models import ChatRequest
-from flexitasks.providers.base import TAIL_GRACE, Completion, StreamWatch, http_timeout
+from flexitasks.providers.base import Completion
+from flexitasks.providers.deadlines import TAIL_GRACE, StreamWatch, http_timeout
 
 RETRY = RetrySettings(
     same_provider_backoff=0.05, rate_limit_backoff=0.1, retry_after_wait_max=2.0, request_timeout=20.0

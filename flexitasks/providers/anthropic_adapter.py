@@ -15,14 +15,8 @@ import anthropic
 from flexitasks.config import ProviderSettings
 from flexitasks.failover.classify import FailureKind, ProviderFailure
 from flexitasks.models import ChatRequest
-from flexitasks.providers.base import (
-    Completion,
-    PerProcessClient,
-    StreamWatch,
-    WatchedTransport,
-    http_timeout,
-    require_key,
-)
+from flexitasks.providers.base import Completion, PerProcessClient, require_key
+from flexitasks.providers.deadlines import StreamWatch, WatchedTransport, http_timeout
 
 _OUTPUT_DELTAS = ("text_delta", "thinking_delta", "input_json_delta", "citations_delta", "signature_delta")
 

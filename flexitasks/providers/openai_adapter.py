@@ -14,14 +14,8 @@ import openai
 from flexitasks.config import ProviderSettings
 from flexitasks.failover.classify import FailureKind, ProviderFailure
 from flexitasks.models import ChatRequest
-from flexitasks.providers.base import (
-    Completion,
-    PerProcessClient,
-    StreamWatch,
-    WatchedTransport,
-    http_timeout,
-    require_key,
-)
+from flexitasks.providers.base import Completion, PerProcessClient, require_key
+from flexitasks.providers.deadlines import StreamWatch, WatchedTransport, http_timeout
 
 
 def _has_output(delta: Any) -> bool:
