@@ -223,8 +223,12 @@ class Gate:
         self.until: dict[str, float] = {}
         self.blamed: list[tuple[str, FailureKind]] = []
         self.cooldowns: list[tuple[str, float]] = []
-        if knows_reopen:
-            self.reopens_in = lambda p: max(self.until.get(p, 0.0) - self.clock(), 0.0) or None
+        self.knows_reopen = knows_reopen
+
+    def reopens_in(self, provider: str) -> float | None:
+        if not self.knows_reopen:
+            return None
+        return max(self.until.get(provider, 0.0) - self.clock(), 0.0) or None
 
     def admit(self, provider: str) -> Permit | None:
         return None if self.clock() < self.until.get(provider, 0.0) else Permit(provider)

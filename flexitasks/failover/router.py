@@ -24,7 +24,7 @@ from flexitasks.errors import AllProvidersFailed, ContentRejected, InvalidReques
 from flexitasks.failover.classify import FailureKind, ProviderFailure, classify
 from flexitasks.failover.policy import Action, FailoverPolicy
 from flexitasks.models import Attempt, ChatRequest, ChatResult, Usage
-from flexitasks.providers.base import ProviderAdapter
+from flexitasks.providers.base import Completion, ProviderAdapter
 
 log = logging.getLogger(__name__)
 
@@ -42,17 +42,17 @@ class Permit:
 
 
 class BreakerGate(Protocol):
-    """What the router needs from circuit breakers (see ``flexitasks.breaker.gate``).
-
-    A gate may also offer ``reopens_in(provider) -> float | None``: seconds until a
-    provider it skips because of a cool-down may be called again (None: unknown). The
-    router then waits for cool-downs other processes set, as it does for its own.
-    """
+    """What the router needs from circuit breakers (see ``flexitasks.breaker.gate``)."""
 
     def admit(self, provider: str) -> Permit | None: ...
     def succeeded(self, permit: Permit) -> None: ...
     def failed(self, permit: Permit, failure: ProviderFailure) -> None: ...
     def cool_down(self, provider: str, seconds: float) -> None: ...
+
+    def reopens_in(self, provider: str) -> float | None:
+        """Seconds until a provider skipped for a cool-down may be called again (None:
+        not cooling down), so a run with nowhere else to go can wait for it."""
+        ...
 
 
 class OpenGate:
@@ -69,6 +69,9 @@ class OpenGate:
 
     def cool_down(self, provider: str, seconds: float) -> None:
         pass
+
+    def reopens_in(self, provider: str) -> float | None:
+        return None
 
 
 @dataclass
@@ -167,15 +170,8 @@ class Router:
         return permit
 
     def _reopens_in(self, provider: str) -> float | None:
-        probe = getattr(self.gate, "reopens_in", None)
-        if probe is None:
-            return None
-        try:
-            left = probe(provider)
-        except Exception:  # a gate that cannot tell must not fail the request
-            log.exception("breaker gate could not say when %s reopens", provider)
-            return None
-        return float(left) if left is not None and left > 0 else None
+        left = self.gate.reopens_in(provider)
+        return left if left is not None and left > 0 else None
 
     def _try_route(self, route: _Route, request: ChatRequest, run: _Run) -> ChatResult | None:
         """Call one provider, retrying it as the policy says; None means try elsewhere."""
@@ -227,19 +223,7 @@ class Router:
             self.gate.succeeded(permit)
             latency = round((self.clock() - t0) * 1000, 3)
             run.attempts.append(Attempt(provider=provider.name, outcome="ok", latency_ms=latency))
-            return ChatResult(
-                content=completion.content,
-                provider=provider.name,
-                model=completion.model,
-                finish_reason=completion.finish_reason,
-                usage=Usage(
-                    input_tokens=completion.input_tokens,
-                    output_tokens=completion.output_tokens,
-                    total_tokens=completion.input_tokens + completion.output_tokens,
-                ),
-                attempts=run.attempts,
-                latency_ms=0.0,
-            )
+            return _result(provider.name, completion, run.attempts)
 
     @staticmethod
     def _log(provider: ProviderSettings, failure: ProviderFailure, action: Action) -> None:
@@ -247,3 +231,20 @@ class Router:
             log.error("provider %s is misconfigured (%s); failing over", provider.name, failure)
         else:
             log.warning("provider %s failed (%s); %s", provider.name, failure, action.value)
+
+
+def _result(provider: str, completion: Completion, attempts: list[Attempt]) -> ChatResult:
+    """The contract's result: model and usage of the provider that answered, nothing else."""
+    return ChatResult(
+        content=completion.content,
+        provider=provider,
+        model=completion.model,
+        finish_reason=completion.finish_reason,
+        usage=Usage(
+            input_tokens=completion.input_tokens,
+            output_tokens=completion.output_tokens,
+            total_tokens=completion.input_tokens + completion.output_tokens,
+        ),
+        attempts=attempts,
+        latency_ms=0.0,
+    )
