@@ -1,7 +1,8 @@
-"""The ``flexitasks`` command line: fleet status, the fake provider, the demo.
+"""The ``flexitasks`` command line: fleet status, metrics, the fake provider, the demo.
 
-``flexitasks status [--json]`` reads the authoritative breaker state and every live
-process's applied view straight from Redis (no worker needs to answer).
+``flexitasks status [--json]`` and ``flexitasks metrics`` read the authoritative breaker
+state and every live process's applied view straight from Redis (no worker needs to
+answer).
 """
 
 from __future__ import annotations
@@ -69,6 +70,9 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     st = sub.add_parser("status", help="breaker state and every process's view")
     st.add_argument("--json", action="store_true", help="print JSON instead of tables")
+    me = sub.add_parser("metrics", help="Prometheus metrics of the fleet's breakers")
+    me.add_argument("--port", type=int, default=9808, help="serve /metrics on this port")
+    me.add_argument("--once", action="store_true", help="print the metrics once and exit")
     sub.add_parser("fake-provider", help="run the fake OpenAI/Anthropic provider", add_help=False)
     sub.add_parser("demo", help="run the failover and fleet-breaker demo", add_help=False)
     args, rest = parser.parse_known_args(argv)
@@ -83,6 +87,14 @@ def main(argv: list[str] | None = None) -> int:
             return demo_main(rest)
         if rest:
             parser.error(f"unrecognized arguments: {' '.join(rest)}")
+        if args.command == "metrics":
+            from flexitasks import metrics
+
+            if args.once:
+                print(metrics.render(fleet_status), end="")
+                return 0
+            metrics.serve(args.port, fleet_status)
+            return 0
         status = fleet_status()
     except ConfigError as exc:
         print(f"flexitasks: {exc}", file=sys.stderr)
@@ -90,7 +102,9 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as exc:
         import redis
 
-        if isinstance(exc, redis.RedisError):
+        from flexitasks.breaker.redis_store import BreakerStoreError
+
+        if isinstance(exc, redis.RedisError | BreakerStoreError):
             print(f"flexitasks: Redis unreachable: {exc}", file=sys.stderr)
             return 1
         raise

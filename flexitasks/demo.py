@@ -1,16 +1,14 @@
 """``make demo``: failover and fleet-wide breakers, live, on this machine.
 
-Owns the demo only (only ``flexitasks demo`` imports it): it claims an empty Redis DB, writes
-a temporary config, starts two fake providers and a real ``celery -A flexitasks worker
---concurrency 4`` as subprocesses, sends chat tasks through them, breaks the primary
-provider, shows the breaker opening in every process of the pool, heals the provider and
-shows a single probe closing it. Everything it started or wrote (subprocesses, Redis
-keys, the temp dir) is removed on the way out, also on Ctrl-C or SIGTERM.
+Owns the demo only (``python -m flexitasks.demo``, ``flexitasks demo``): it claims an empty Redis
+DB, writes a temporary config, starts two fake providers and a real ``celery -A flexitasks worker
+--concurrency 4`` as subprocesses, sends chat tasks through them, breaks the primary provider,
+shows the breaker opening in every process of the pool, heals the provider and shows a single
+probe closing it. Everything it started or wrote (subprocesses, Redis keys, the temp dir) is
+removed on the way out, also on Ctrl-C or SIGTERM.
 
-Settings are read when ``flexitasks.celery_app`` is imported, and ``python -m flexitasks.demo``
-imports the package (hence the app) before this module runs: so ``main`` first writes the
-config and re-executes itself with ``FLEXITASKS_CONFIG`` set; the second stage imports
-the rest of flexitasks lazily, inside the methods that use it.
+The settings are read when ``flexitasks.celery_app`` is first imported, so ``main`` writes the
+config and points ``FLEXITASKS_CONFIG`` at it before it imports the app.
 """
 
 from __future__ import annotations
@@ -35,14 +33,21 @@ from types import FrameType
 from typing import Any
 from urllib.parse import urlsplit
 
+import redis
+from rich.console import Console
+from rich.table import Table
+
+from flexitasks.cli import STATE_COLOURS, fleet_status
+from flexitasks.fake_provider.admin import FakeProviderAdmin
+
 # The demo takes the first empty DB of these: the tests lease 8-15 (on DB 0), the benchmarks use 5.
 DEMO_DBS = (3, 4, 6, 7)
 MARKER = "flexitasks-demo:owner"  # {"pid", "workdir"} of the demo that owns the DB
-STATE_ENV = "FLEXITASKS_DEMO_STATE"  # what stage 1 prepared, for stage 2 (see ``main``)
 PACKAGE_ROOT = Path(__file__).resolve().parent.parent
 KEY_ENVS = {"openai": "FLEXITASKS_DEMO_OPENAI_KEY", "anthropic": "FLEXITASKS_DEMO_ANTHROPIC_KEY"}
 RECOVERY = 3.0  # seconds a breaker stays OPEN in the demo (the default is 10)
 THRESHOLD = 5  # failures that open a breaker (the default)
+SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 PROMPTS = ["Summarise ticket #4711", "Translate 'good morning' to Italian", "Name three prime numbers",
            "Suggest a title for the release notes", "Classify: 'the app crashes on login'",
            "Write a haiku about queues", "Extract the date from 'due 3 March'", "Say hello"]
@@ -59,6 +64,11 @@ class Interrupted(BaseException):
 _signalled: list[str] = []  # signals received; see ``checkpoint``
 
 
+def interrupt(signum: int, _frame: FrameType | None) -> None:
+    _signalled.append(signal.Signals(signum).name)
+    raise Interrupted(_signalled[0])
+
+
 def checkpoint() -> None:
     """Raise ``Interrupted`` again if a signal came: the handler's own raise is lost when
     it lands inside a ``__del__`` (Celery's ``AsyncResult.__del__`` talks to Redis)."""
@@ -66,7 +76,15 @@ def checkpoint() -> None:
         raise Interrupted(_signalled[0])
 
 
-# ---------------------------------------------------------------- small helpers
+@contextlib.contextmanager
+def signals_handled(handler: Callable[[int, FrameType | None], None]) -> Iterator[None]:
+    """Route SIGINT/SIGTERM/SIGHUP to ``handler`` for the block; restore the old handlers."""
+    saved = {sig: signal.signal(sig, handler) for sig in SIGNALS}
+    try:
+        yield
+    finally:
+        for sig, old in saved.items():
+            signal.signal(sig, old)
 
 
 def free_port() -> int:
@@ -81,13 +99,13 @@ def pid_alive(pid: int) -> bool:
     except ProcessLookupError:
         return False
     except PermissionError:
-        return True
+        pass  # alive, someone else's
     return True
 
 
-def _die_with_parent() -> None:
-    """In the child before exec: get SIGTERM if the demo itself is killed (-9), so a hard
-    kill of the demo does not leave a worker pool behind (Linux only; elsewhere a no-op)."""
+def die_with_parent() -> None:
+    """In the child before exec: SIGTERM it if the demo is killed (-9), so a hard kill does
+    not leave a worker pool behind (Linux only; elsewhere a no-op)."""
     with contextlib.suppress(Exception):
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
@@ -101,77 +119,39 @@ def exited_unreaped(pid: int) -> bool:
         return True
 
 
-def wait_for(
-    check: Callable[[], Any], timeout: float, interval: float = 0.05, *, interruptible: bool = True
-) -> Any:
-    """Poll ``check`` until it returns something truthy; None on timeout. Cleanup polls
-    with ``interruptible=False``: a second Ctrl-C must not abandon it."""
+def wait_for(check: Callable[[], Any], timeout: float, interval: float = 0.05) -> Any:
+    """Poll ``check`` until it returns something truthy; None on timeout."""
     deadline = time.monotonic() + timeout
     while True:
-        if interruptible:
-            checkpoint()
+        checkpoint()
         value = check()
-        if value:
-            return value
-        if time.monotonic() >= deadline:
-            return None
+        if value or time.monotonic() >= deadline:
+            return value or None
         time.sleep(interval)
 
 
 def config_text(db_url: str, prefix: str, ports: dict[str, int]) -> str:
-    return f"""\
-# Written by flexitasks.demo for one run; removed when the demo ends.
-[celery]
-broker_url = "{db_url}"
-result_backend = "{db_url}"
-max_task_retries = 1
-retry_backoff = 1
-retry_backoff_max = 2
-
-[sync]
-redis_url = "{db_url}"
-channel = "{prefix}:events"
-key_prefix = "{prefix}"
-resync_interval = 5.0
-heartbeat_interval = 1.0
-
-[breaker]
-failure_threshold = {THRESHOLD}
-window = 60.0
-recovery_timeout = {RECOVERY}
-max_recovery_timeout = 12.0
-jitter = 0.0
-
-[retry]
-# One task retries the primary until the breaker opens, so a single child takes every failure.
-same_provider_retries = {THRESHOLD - 1}
-same_provider_backoff = 0.05
-request_timeout = 20.0
-
-[[providers]]
-name = "openai"
-kind = "openai"
-model = "gpt-4o-mini"
-priority = 1
-api_key_env = "{KEY_ENVS['openai']}"
-base_url = "http://127.0.0.1:{ports['openai']}/v1"
-timeout = 10.0
-connect_timeout = 1.0
-first_token_timeout = 3.0
-stall_timeout = 2.0
-
-[[providers]]
-name = "anthropic"
-kind = "anthropic"
-model = "claude-sonnet-4-5"
-priority = 2
-api_key_env = "{KEY_ENVS['anthropic']}"
-base_url = "http://127.0.0.1:{ports['anthropic']}"
-timeout = 10.0
-connect_timeout = 1.0
-first_token_timeout = 3.0
-stall_timeout = 2.0
-"""
+    """The demo's TOML: its own DB and key prefix, short timeouts, a breaker that reopens fast."""
+    call_limits = {"timeout": 10.0, "connect_timeout": 1.0, "first_token_timeout": 3.0, "stall_timeout": 2.0}
+    sections: list[tuple[str, dict[str, Any]]] = [
+        ("celery", {"broker_url": db_url, "result_backend": db_url, "max_task_retries": 1, "retry_backoff": 1,
+                    "retry_backoff_max": 2}),
+        ("sync", {"redis_url": db_url, "channel": f"{prefix}:events", "key_prefix": prefix,
+                  "resync_interval": 5.0, "heartbeat_interval": 1.0}),
+        ("breaker", {"failure_threshold": THRESHOLD, "window": 60.0, "recovery_timeout": RECOVERY,
+                     "max_recovery_timeout": 12.0, "jitter": 0.0}),
+        # One task retries the primary until the breaker opens, so a single child takes every failure.
+        ("retry", {"same_provider_retries": THRESHOLD - 1, "same_provider_backoff": 0.05, "request_timeout": 20.0}),
+        ("[providers]", {"name": "openai", "kind": "openai", "model": "gpt-4o-mini", "priority": 1,
+                         "api_key_env": KEY_ENVS["openai"], "base_url": f"http://127.0.0.1:{ports['openai']}/v1",
+                         **call_limits}),
+        ("[providers]", {"name": "anthropic", "kind": "anthropic", "model": "claude-sonnet-4-5", "priority": 2,
+                         "api_key_env": KEY_ENVS["anthropic"], "base_url": f"http://127.0.0.1:{ports['anthropic']}",
+                         **call_limits}),
+    ]
+    body = "\n".join(f"[{name}]\n" + "".join(f"{k} = {json.dumps(v)}\n" for k, v in values.items())
+                     for name, values in sections)
+    return "# Written by flexitasks.demo for one run; removed when the demo ends.\n" + body
 
 
 def compact_attempts(attempts: list[dict[str, Any]]) -> str:
@@ -184,8 +164,7 @@ def compact_attempts(attempts: list[dict[str, Any]]) -> str:
             label = f"{a['provider']} [yellow]skipped[/]"
         else:
             m = re.match(r"^(\w+)(?: (\d{3}))?:", a.get("error") or "")
-            why = (m.group(2) or m.group(1)) if m else "error"
-            label = f"{a['provider']} [red]✗{why}[/]"
+            label = f"{a['provider']} [red]✗{(m.group(2) or m.group(1)) if m else 'error'}[/]"
         if parts and parts[-1][0] == label:
             parts[-1] = (label, parts[-1][1] + 1)
         else:
@@ -193,41 +172,34 @@ def compact_attempts(attempts: list[dict[str, Any]]) -> str:
     return " → ".join(label + (f" x{n}" if n > 1 else "") for label, n in parts)
 
 
-# ---------------------------------------------------------------- the demo
+def table(*columns: str) -> Table:
+    """A borderless table; a trailing '>' in a column name right-aligns it."""
+    t = Table(box=None, padding=(0, 2), pad_edge=False, show_edge=False)
+    for col in columns:
+        t.add_column(col.rstrip(">"), justify="right" if col.endswith(">") else "left")
+    return t
 
 
 class Demo:
-    """One run. ``state`` carries what stage 1 set up across the re-exec (see ``main``)."""
+    """One run: what it claimed and started, so ``cleanup`` can undo exactly that."""
 
-    def __init__(self, redis_url: str, state: dict[str, Any] | None = None) -> None:
-        from rich.console import Console
-
+    def __init__(self, host: str, port: int) -> None:
         # Not a terminal (make demo | tee): keep lines whole rather than wrap at 80 columns.
         self.console = Console(highlight=False, width=None if sys.stdout.isatty() else 120)
-        parts = urlsplit(redis_url)
-        self.host, self.port = parts.hostname or "127.0.0.1", parts.port or 6379
-        state = state or {}
-        self.run_id: str = state.get("run_id") or uuid.uuid4().hex[:6]
+        self.host, self.port = host, port
+        self.run_id = uuid.uuid4().hex[:6]
         self.prefix = f"flexitasks-demo-{self.run_id}"
-        self.workdir = Path(state["workdir"]) if state else Path(tempfile.mkdtemp(prefix="flexitasks-demo-"))
-        self.ports: dict[str, int] = state.get("ports", {})
-        self.procs: list[tuple[str, subprocess.Popen[bytes]]] = []
+        self.workdir = Path(tempfile.mkdtemp(prefix="flexitasks-demo-"))
+        self.ports = {"openai": free_port(), "anthropic": free_port()}
         self.db: int | None = None
-        self.redis: Any = None
-        if state:
-            import redis
-
-            self.db = int(state["db"])
-            self.redis = redis.Redis(host=self.host, port=self.port, db=self.db, socket_timeout=5)
+        self.redis: redis.Redis | None = None
         self.pubsub: Any = None
-        self.admins: dict[str, Any] = {}
-        self.events: list[dict[str, Any]] = []
+        self.procs: list[tuple[str, subprocess.Popen[bytes]]] = []
+        self.admins: dict[str, FakeProviderAdmin] = {}
         self.pending: list[Any] = []  # AsyncResults in flight
+        self.app: Any = None
+        self.chat_task: Any = None
 
-    def state(self) -> dict[str, Any]:
-        return {"run_id": self.run_id, "workdir": str(self.workdir), "db": self.db, "ports": self.ports}
-
-    # -- output --------------------------------------------------------------------------------
     def step(self, n: int, title: str, what: str) -> None:
         checkpoint()
         self.console.print(f"\n[bold cyan]{n}. {title}[/]")
@@ -237,16 +209,13 @@ class Demo:
         checkpoint()
         self.console.print(f"   {text}")
 
-    # -- setup ---------------------------------------------------------------------------------
+    # -- setup, in the order ``main`` calls it -------------------------------------------------
     def claim_db(self) -> None:
-        """Take the first DB of DEMO_DBS that is empty (or left over by a dead demo)."""
-        import redis
-
+        """Take the first DB of DEMO_DBS that is empty (or left over by a demo killed with -9)."""
         for db in DEMO_DBS:
             client = redis.Redis(host=self.host, port=self.port, db=db, socket_timeout=5)
             owner = json.loads(client.get(MARKER) or "null")
             if isinstance(owner, dict) and not pid_alive(int(owner["pid"])):
-                # A demo that was killed before it could clean up (-9, or during its imports).
                 client.flushdb()
                 shutil.rmtree(owner["workdir"], ignore_errors=True)
             if client.set(MARKER, json.dumps({"pid": os.getpid(), "workdir": str(self.workdir)}), nx=True):
@@ -255,30 +224,36 @@ class Demo:
                     return
                 client.delete(MARKER)
             client.close()
-        dbs = ", ".join(map(str, DEMO_DBS))
-        raise DemoError(f"no empty Redis DB among {dbs} on {self.host}:{self.port}; "
+        raise DemoError(f"no empty Redis DB among {', '.join(map(str, DEMO_DBS))} on {self.host}:{self.port}; "
                         "the demo only writes to a DB it can empty afterwards")
 
     def write_config(self) -> None:
-        self.ports = ports = {"openai": free_port(), "anthropic": free_port()}
-        db_url = f"redis://{self.host}:{self.port}/{self.db}"
+        """The config file and the env it names: the worker and this process both read them."""
         path = self.workdir / "flexitasks.toml"
-        path.write_text(config_text(db_url, self.prefix, ports))
+        path.write_text(config_text(f"redis://{self.host}:{self.port}/{self.db}", self.prefix, self.ports))
         os.environ["FLEXITASKS_CONFIG"] = str(path)
         for var in ("FLEXITASKS_BROKER_URL", "FLEXITASKS_RESULT_BACKEND", "FLEXITASKS_REDIS_URL"):
             os.environ.pop(var, None)  # the demo's own file decides where everything goes
         for env in KEY_ENVS.values():
             os.environ[env] = f"demo-key-{self.run_id}"  # the fakes check it: keys come from the env
 
+    def load_app(self) -> None:
+        """Import the app only now, so it loads the demo's config."""
+        from flexitasks import app, chat_task
+        from flexitasks.celery_app import settings
+
+        if settings.source != os.environ["FLEXITASKS_CONFIG"]:
+            raise DemoError(f"flexitasks loaded {settings.source}, not the demo's config")
+        self.app, self.chat_task = app, chat_task
+
+    # -- subprocesses ----------------------------------------------------------------------------
     def spawn(self, name: str, args: list[str]) -> subprocess.Popen[bytes]:
-        log = open(self.workdir / f"{name}.log", "wb")  # noqa: SIM115 (the child owns it)
-        try:
+        """Start ``args`` in a session of its own (so cleanup can kill the whole group), logging to a file."""
+        with open(self.workdir / f"{name}.log", "wb") as log:
             proc = subprocess.Popen(
-                args, cwd=PACKAGE_ROOT, env=os.environ.copy(), stdin=subprocess.DEVNULL, stdout=log,
-                stderr=subprocess.STDOUT, start_new_session=True, preexec_fn=_die_with_parent,
+                args, cwd=PACKAGE_ROOT, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                start_new_session=True, preexec_fn=die_with_parent,
             )
-        finally:
-            log.close()
         self.procs.append((name, proc))
         return proc
 
@@ -287,97 +262,46 @@ class Demo:
         text = path.read_text(errors="replace") if path.exists() else ""
         return "\n".join("     " + line for line in text.splitlines()[-lines:])
 
-    def start_fakes(self, ports: dict[str, int]) -> None:
-        from flexitasks.fake_provider import FakeProviderAdmin
-
-        for name, port in ports.items():
+    def start_fakes(self) -> None:
+        for name, port in self.ports.items():
             self.spawn(f"fake-{name}", [sys.executable, "-m", "flexitasks.cli", "fake-provider",
                                         "--port", str(port), "--name", name, "--api-key-env", KEY_ENVS[name]])
             self.admins[name] = FakeProviderAdmin(f"http://127.0.0.1:{port}", timeout=5)
         for (name, proc), admin in zip(self.procs, self.admins.values(), strict=True):
-            up = wait_for(lambda a=admin, p=proc: p.poll() is None and a.health(), 20)
-            if not up or proc.poll() is not None:
+            if not wait_for(lambda a=admin, p=proc: p.poll() is None and a.health(), 20) or proc.poll() is not None:
                 raise DemoError(f"{name} did not start:\n{self.log_tail(name)}")
-        for name, port in ports.items():
+        for name, port in self.ports.items():
             self.say(f"fake provider [bold]{name:<9}[/] on 127.0.0.1:{port} "
                      f"(speaks the {'OpenAI' if name == 'openai' else 'Anthropic'} API)")
 
     def start_worker(self) -> None:
-        from flexitasks import app
-
-        node = f"demo-{self.run_id}@%h"
+        """Start the pool and wait until it answers ping and all five processes report a view."""
         proc = self.spawn("worker", [sys.executable, "-m", "celery", "-A", "flexitasks", "worker",
-                                     "--pool", "prefork", "--concurrency", "4", "-n", node,
+                                     "--pool", "prefork", "--concurrency", "4", "-n", f"demo-{self.run_id}@%h",
                                      "--loglevel", "WARNING", "--without-gossip", "--without-mingle"])
 
         def pinged() -> bool:
             if proc.poll() is not None:
                 raise DemoError(f"the worker exited with code {proc.returncode}:\n{self.log_tail('worker')}")
-            replies = app.control.ping(timeout=0.5) or []
+            replies = self.app.control.ping(timeout=0.5) or []
             return any(name.startswith(f"demo-{self.run_id}@") for reply in replies for name in reply)
 
         if not wait_for(pinged, 60, 0.1):
             raise DemoError(f"the worker did not answer ping within 60 s:\n{self.log_tail('worker')}")
-        # Every child starts its own breaker sync after fork; wait until all five report.
-        def all_views() -> list[dict[str, Any]] | None:
-            views: list[dict[str, Any]] = self.fleet()["processes"]
-            return views if len(views) >= 5 else None
-
-        views = wait_for(all_views, 20, 0.1)
+        views = wait_for(lambda: (views := fleet_status()["processes"]) and len(views) >= 5 and views, 20, 0.1)
         if not views:
             raise DemoError(f"the pool did not report its breaker views:\n{self.log_tail('worker')}")
         roles = [p["role"] for p in views]
-        main, children = roles.count("worker-main"), roles.count("worker-child")
         self.say(f"worker [bold]celery -A flexitasks worker --concurrency 4[/] (pid {proc.pid}) is up; "
-                 f"{main} main + {children} children run breaker sync")
+                 f"{roles.count('worker-main')} main + {roles.count('worker-child')} children run breaker sync")
 
-    def subscribe(self) -> None:
-        """Listen to the breaker channel ourselves, to narrate each transition."""
-        self.pubsub = self.redis.pubsub(ignore_subscribe_messages=True)
-        self.pubsub.subscribe(f"{self.prefix}:events")
-
-    # -- reading the fleet ---------------------------------------------------------------------
-    def fleet(self) -> dict[str, Any]:
-        from flexitasks.cli import fleet_status
-
-        return fleet_status()
-
-    def drain_events(self) -> list[dict[str, Any]]:
-        """Transition events received since the last call (failure events skipped)."""
-        new = []
-        while True:
-            message = self.pubsub.get_message(timeout=0.01)
-            if message is None:
-                break
-            event = json.loads(message["data"])
-            if event.get("type") == "transition":
-                new.append(event)
-        self.events += new
-        return new
-
-    def show_events(self, wait_for_state: str | None = None, timeout: float = 5.0) -> list[dict[str, Any]]:
-        got: list[dict[str, Any]] = []
-        deadline = time.monotonic() + timeout
-        while True:
-            got += self.drain_events()
-            if wait_for_state is None or any(e["state"] == wait_for_state for e in got):
-                break
-            if time.monotonic() > deadline:
-                break
-            time.sleep(0.02)
-        for e in got:
-            self.say(f"event: [bold]{e['provider']}[/] {e['previous']} → [bold]{e['state']}[/] "
-                     f"(reason {e['reason']}, generation {e['generation']})")
-        return got
-
-    # -- sending work --------------------------------------------------------------------------
+    # -- work and observation --------------------------------------------------------------------
     def send(self, n: int, start: int = 0) -> list[dict[str, Any]]:
         """Send ``n`` chat tasks at once and wait for every answer."""
-        from flexitasks import chat_task
-
+        checkpoint()
         msgs = [[{"role": "system", "content": "Answer briefly."},
                  {"role": "user", "content": PROMPTS[(start + i) % len(PROMPTS)]}] for i in range(n)]
-        self.pending = [chat_task.delay(m, max_tokens=64) for m in msgs]
+        self.pending = [self.chat_task.delay(m, max_tokens=64) for m in msgs]
         results = []
         for r in self.pending:
             results.append(r.get(timeout=60))
@@ -385,172 +309,171 @@ class Demo:
         self.pending = []
         return results
 
-    def results_table(self, results: list[dict[str, Any]], start: int = 1) -> None:
-        from rich.table import Table
-
-        table = Table(box=None, padding=(0, 2), pad_edge=False, show_edge=False)
-        table.add_column("#", justify="right")
-        table.add_column("answered by")
-        table.add_column("attempts")
-        table.add_column("ms", justify="right")
-        table.add_column("answer", max_width=34, no_wrap=True, overflow="ellipsis")
-        for i, r in enumerate(results, start):
+    def send_and_show(self, n: int, start: int, row: int) -> None:
+        t = table("#>", "answered by", "attempts", "ms>")
+        t.add_column("answer", max_width=34, no_wrap=True, overflow="ellipsis")
+        for i, r in enumerate(self.send(n, start), row):
             colour = "green" if r["provider"] == "openai" else "magenta"
-            table.add_row(str(i), f"[{colour}]{r['provider']}[/] ({r['model']})",
-                          compact_attempts(r["attempts"]), f"{r['latency_ms']:.0f}", r["content"])
-        self.console.print(table, crop=False)
+            t.add_row(str(i), f"[{colour}]{r['provider']}[/] ({r['model']})",
+                      compact_attempts(r["attempts"]), f"{r['latency_ms']:.0f}", r["content"])
+        self.console.print(t, crop=False)
 
-    def requests_to(self, name: str) -> int:
-        return int(self.admins[name].stats()["requests"])
+    def transition(self, state: str, failure: str, timeout: float = 5.0) -> dict[str, Any]:
+        """Narrate the transitions published since the last call, until one to ``state``; return it."""
+        got: list[dict[str, Any]] = []
+        deadline = time.monotonic() + timeout
+        while True:
+            message = self.pubsub.get_message(timeout=0.02)
+            if message is None:
+                if any(e["state"] == state for e in got) or time.monotonic() > deadline:
+                    break
+                continue
+            event = json.loads(message["data"])
+            if event.get("type") == "transition":  # failure events are not narrated
+                got.append(event)
+        for e in got:
+            self.say(f"event: [bold]{e['provider']}[/] {e['previous']} → [bold]{e['state']}[/] "
+                     f"(reason {e['reason']}, generation {e['generation']})")
+        match = [e for e in got if e["state"] == state]
+        if not match:
+            raise DemoError(failure)
+        return match[0]
 
-    def last_seq(self, name: str) -> int:
-        log = self.admins[name].requests()
-        return int(log[-1]["seq"]) if log else 0
-
-    def fleet_table(self, status: dict[str, Any], provider: str, since: float | None = None) -> None:
-        from rich.table import Table
-
-        from flexitasks.cli import STATE_COLOURS
-
-        table = Table(box=None, padding=(0, 2), pad_edge=False, show_edge=False)
-        for col in ("host", "pid", "role", f"{provider} state", "generation"):
-            table.add_column(col)
-        if since is not None:
-            table.add_column("applied after OPEN", justify="right")
-        for p in status["processes"]:
-            b = p["breakers"].get(provider, {})
-            state = b.get("state", "?")
-            cells = [p["host"], str(p["pid"]), p["role"], f"[{STATE_COLOURS.get(state, 'white')}]{state}[/]",
-                     str(b.get("generation", "?"))]
-            if since is not None:
-                cells.append(f"{(b.get('applied_at', since) - since) * 1000:+.1f} ms")
-            table.add_row(*cells)
-        self.console.print(table, crop=False)
-
-    def wait_fleet(self, provider: str, state: str, generation: int, timeout: float = 5.0) -> dict[str, Any]:
-        """Poll until every live process shows ``state`` at ``generation``; keeps the first
+    def wait_fleet(self, state: str, generation: int, timeout: float = 5.0) -> dict[str, Any]:
+        """Poll until every live process shows openai ``state`` at ``generation``; keeps the first
         applied_at seen per process (a later periodic resync re-stamps it)."""
         first: dict[int, float] = {}
 
         def check() -> dict[str, Any] | None:
-            status = self.fleet()
-            done = bool(status["processes"])
+            status = fleet_status()
             for p in status["processes"]:
-                b = p["breakers"].get(provider, {})
+                b = p["breakers"].get("openai", {})
                 if b.get("generation") == generation and b.get("state") == state:
                     first.setdefault(p["pid"], b["applied_at"])
-                else:
-                    done = False
-            return status if done else None
+            return status if status["processes"] and all(p["pid"] in first for p in status["processes"]) else None
 
         status = wait_for(check, timeout, 0.02)
         if status is None:
-            raise DemoError(f"not every process showed {provider} {state} (generation {generation}) "
-                            f"within {timeout} s")
+            raise DemoError(f"not every process showed openai {state} (generation {generation}) within {timeout} s")
         for p in status["processes"]:
-            p["breakers"][provider]["applied_at"] = first.get(p["pid"], p["breakers"][provider]["applied_at"])
+            p["breakers"]["openai"]["applied_at"] = first[p["pid"]]
         return status
 
-    # -- the story -------------------------------------------------------------------------------
+    def fleet_table(self, status: dict[str, Any], since: float | None = None) -> None:
+        extra = ["applied after OPEN>"] if since is not None else []
+        t = table("host", "pid", "role", "openai state", "generation", *extra)
+        for p in status["processes"]:
+            b = p["breakers"]["openai"]
+            cells = [p["host"], str(p["pid"]), p["role"], f"[{STATE_COLOURS.get(b['state'], 'white')}]{b['state']}[/]",
+                     str(b["generation"])]
+            if since is not None:
+                cells.append(f"{(b['applied_at'] - since) * 1000:+.1f} ms")
+            t.add_row(*cells)
+        self.console.print(t, crop=False)
+
+    def last_seq(self) -> int:
+        log = self.admins["openai"].requests()
+        return int(log[-1]["seq"]) if log else 0
+
+    # -- the story ---------------------------------------------------------------------------------
     def run(self) -> None:
-        c = self.console
-        c.print("[bold]flexitasks demo[/]: priority failover and fleet-wide circuit breakers")
-
+        self.console.print("[bold]flexitasks demo[/]: priority failover and fleet-wide circuit breakers")
         self.step(1, "Start", "two fake providers and a real worker pool (1 main + 4 prefork children)")
-        from flexitasks.celery_app import settings
-
-        if settings.source != os.environ.get("FLEXITASKS_CONFIG"):
-            raise DemoError(f"flexitasks loaded {settings.source}, not the demo's config")
         self.say(f"Redis {self.host}:{self.port} DB {self.db}, key prefix {self.prefix} "
                  f"(breaker: {THRESHOLD} failures open it, {RECOVERY:g} s until a probe)")
-        self.subscribe()
-        self.start_fakes(self.ports)
+        assert self.redis is not None
+        self.pubsub = self.redis.pubsub(ignore_subscribe_messages=True)  # to narrate each transition
+        self.pubsub.subscribe(f"{self.prefix}:events")
+        self.start_fakes()
         self.start_worker()
 
         self.step(2, "Normal traffic", "4 chat tasks at once; openai has priority 1, anthropic priority 2")
-        results = self.send(4)
-        self.results_table(results)
+        self.send_and_show(4, start=0, row=1)
+        open_event, seq_before = self.outage()
+        self.fleet_sees_it(open_event, seq_before)
 
+        self.step(5, "While OPEN", "4 tasks at once: each skips openai and goes straight to anthropic")
+        before = self.admins["openai"].stats()["requests"]
+        self.send_and_show(4, start=5, row=6)
+        self.say(f"requests openai received meanwhile: [bold]{self.admins['openai'].stats()['requests'] - before}[/]")
+        closed = self.recovery()
+
+        self.step(7, "Back on the primary", "4 more tasks; every process shows the breaker closed")
+        self.send_and_show(4, start=2, row=14)
+        self.fleet_table(self.wait_fleet("closed", closed["generation"]))
+        self.console.print(f"\n[bold green]Done.[/] Cleaning up: worker, fake providers, Redis DB {self.db}, temp dir")
+
+    def outage(self) -> tuple[dict[str, Any], int]:
+        """Step 3: the primary fails until its breaker opens; returns the OPEN event and the log position."""
         self.step(3, "Outage on the primary", "the fake 'openai' now answers every call with HTTP 500")
         self.admins["openai"].set_fault(status=500)
-        seq_before = self.last_seq("openai")
-        results = self.send(1, start=4)
-        self.results_table(results, start=5)
+        seq_before = self.last_seq()
+        self.send_and_show(1, start=4, row=5)
         self.say(f"one task in one child retried openai until {THRESHOLD} failures opened its breaker, "
                  "then failed over to anthropic")
-        opened = [e for e in self.show_events("open") if e["state"] == "open"]
-        if not opened:
-            raise DemoError("the breaker did not open")
-        open_event = opened[0]
+        return self.transition("open", "the breaker did not open"), seq_before
 
+    def fleet_sees_it(self, open_event: dict[str, Any], seq_before: int) -> None:
+        """Step 4: every process's applied view, and how long the OPEN took to reach the last one."""
         self.step(4, "Every process sees it", "flexitasks status: each process's applied view, from Redis")
-        status = self.wait_fleet("openai", "open", open_event["generation"])
+        status = self.wait_fleet("open", open_event["generation"])
         failures = [r for r in self.admins["openai"].requests(since=seq_before) if r["status"] == 500]
-        first_failure = failures[0]["t"]
-        self.fleet_table(status, "openai", since=open_event["at"])
-        applied = [p["breakers"]["openai"]["applied_at"] for p in status["processes"]]
+        first_failure, opened_at = failures[0]["t"], open_event["at"]
+        self.fleet_table(status, since=opened_at)
+        last_applied = max(p["breakers"]["openai"]["applied_at"] for p in status["processes"])
         auth = status["providers"]["openai"]
         self.say(f"authoritative: openai [red]{auth['state']}[/] generation {auth['generation']}, "
                  f"{auth['failures']}/{auth['calls']} failures/calls in the window, "
                  f"probe allowed in {max(auth['open_until'] - auth['now'], 0):.1f} s")
-        self.say(f"first failure → breaker OPEN: {(open_event['at'] - first_failure) * 1000:.0f} ms "
+        self.say(f"first failure → breaker OPEN: {(opened_at - first_failure) * 1000:.0f} ms "
                  f"({len(failures)} calls failed, with backoff between them)")
-        self.say(f"OPEN → last of {len(applied)} processes applied it: "
-                 f"[bold]{(max(applied) - open_event['at']) * 1000:.1f} ms[/]; "
-                 f"first failure → last process: {(max(applied) - first_failure) * 1000:.0f} ms")
+        self.say(f"OPEN → last of {len(status['processes'])} processes applied it: "
+                 f"[bold]{(last_applied - opened_at) * 1000:.1f} ms[/]; "
+                 f"first failure → last process: {(last_applied - first_failure) * 1000:.0f} ms")
 
-        self.step(5, "While OPEN", "4 tasks at once: each skips openai and goes straight to anthropic")
-        before = self.requests_to("openai")
-        results = self.send(4, start=5)
-        self.results_table(results, start=6)
-        self.say(f"requests openai received meanwhile: [bold]{self.requests_to('openai') - before}[/]")
-
+    def recovery(self) -> dict[str, Any]:
+        """Step 6: heal the primary, wait out the recovery interval, show one probe closing it."""
         self.step(6, "Recovery", f"openai is healthy again; after {RECOVERY:g} s one probe may test it")
         self.admins["openai"].clear()
-        auth = self.fleet()["providers"]["openai"]
+        auth = fleet_status()["providers"]["openai"]
         wait = max(auth["open_until"] - auth["now"], 0.0) + 0.2
         self.say(f"waiting {wait:.1f} s for the recovery interval to end ...")
         time.sleep(wait)
-        checkpoint()
-        seq_before = self.last_seq("openai")
-        results = self.send(4, start=1)
-        self.results_table(results, start=10)
-        closed = [e for e in self.show_events("closed") if e["state"] == "closed"]
-        if not closed:
-            raise DemoError("the breaker did not close after the probe")
-        probes = [r for r in self.admins["openai"].requests(since=seq_before) if r["t"] <= closed[0]["at"]]
+        seq_before = self.last_seq()
+        self.send_and_show(4, start=1, row=10)
+        closed = self.transition("closed", "the breaker did not close after the probe")
+        probes = [r for r in self.admins["openai"].requests(since=seq_before) if r["t"] <= closed["at"]]
         self.say(f"calls to openai before the breaker closed: [bold]{len(probes)}[/] (the single probe; "
                  "tasks that came meanwhile skipped openai)")
+        return closed
 
-        self.step(7, "Back on the primary", "4 more tasks; every process shows the breaker closed")
-        results = self.send(4, start=2)
-        self.results_table(results, start=14)
-        status = self.wait_fleet("openai", "closed", closed[0]["generation"])
-        self.fleet_table(status, "openai")
-        c.print(f"\n[bold green]Done.[/] Cleaning up: worker, fake providers, Redis DB {self.db}, temp dir")
+    # -- teardown ----------------------------------------------------------------------------------
+    def stop(self, name: str, proc: subprocess.Popen[bytes]) -> str | None:
+        """SIGTERM (the worker: warm shutdown, it stops its children), then SIGKILL whatever is
+        left in its session. Uninterruptible: a second Ctrl-C must not abandon it."""
+        if proc.returncode is not None:
+            return None  # reaped already (it died early); its pid may belong to someone else now
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(proc.pid, signal.SIGTERM)
+        deadline = time.monotonic() + 15
+        while not exited_unreaped(proc.pid) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        problem = None if exited_unreaped(proc.pid) else f"{name} ignored SIGTERM for 15 s; killed"
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(proc.pid, signal.SIGKILL)  # not reaped yet, so the group id is still ours
+        proc.wait()
+        return problem
 
-    # -- teardown --------------------------------------------------------------------------------
     def cleanup(self) -> list[str]:
-        """Stop every subprocess (workers first: warm shutdown), then empty the claimed DB."""
-        problems: list[str] = []
+        """Stop every subprocess (the worker first), then empty the claimed DB and remove the temp dir."""
         for result in self.pending:  # else Celery unsubscribes them at interpreter exit, noisily
             with contextlib.suppress(Exception):
                 result.forget()
         self.pending = []
         for admin in self.admins.values():
-            with contextlib.suppress(Exception):
-                admin.close()
-        for name, proc in sorted(self.procs, key=lambda np: np[0] != "worker"):
-            if proc.returncode is not None:
-                continue  # reaped already (it died early); its pid may belong to someone else now
-            # Not reaped: the pid (and its process group) is still ours, even as a zombie.
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(proc.pid, signal.SIGTERM)  # the worker: warm shutdown, it stops its children
-            if not wait_for(lambda p=proc: exited_unreaped(p.pid), 15, 0.05, interruptible=False):
-                problems.append(f"{name} ignored SIGTERM for 15 s; killed")
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(proc.pid, signal.SIGKILL)  # anything left in its session (prefork children)
-            proc.wait()
+            admin.close()
+        problems = [p for name, proc in sorted(self.procs, key=lambda np: np[0] != "worker")
+                    if (p := self.stop(name, proc))]
         if self.pubsub is not None:
             with contextlib.suppress(Exception):
                 self.pubsub.close()
@@ -559,18 +482,12 @@ class Demo:
                 self.redis.flushdb()
             except Exception as exc:
                 problems.append(f"could not empty Redis DB {self.db}: {exc}")
-            with contextlib.suppress(Exception):
-                self.redis.close()
+            self.redis.close()
         shutil.rmtree(self.workdir, ignore_errors=True)
         return problems
 
 
-# ---------------------------------------------------------------- entry point
-
-
 def redis_problem(host: str, port: int) -> str | None:
-    import redis
-
     try:
         redis.Redis(host=host, port=port, socket_connect_timeout=2, socket_timeout=2).ping()
     except redis.RedisError as exc:
@@ -578,49 +495,11 @@ def redis_problem(host: str, port: int) -> str | None:
     return None
 
 
-@contextlib.contextmanager
-def signals_interrupt() -> Iterator[None]:
-    """SIGINT/SIGTERM/SIGHUP raise ``Interrupted`` (cleanup runs); restored afterwards."""
-
-    def handler(signum: int, _frame: FrameType | None) -> None:
-        _signalled.append(signal.Signals(signum).name)
-        raise Interrupted(_signalled[0])
-
-    saved = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
-    try:
-        yield
-    finally:
-        for sig, old in saved.items():
-            signal.signal(sig, old)
-
-
-@contextlib.contextmanager
-def signals_deferred(console: Any) -> Iterator[None]:
-    """During cleanup a second Ctrl-C must not abandon half-stopped processes."""
-
-    def handler(_signum: int, _frame: FrameType | None) -> None:
-        console.print("   [dim](cleaning up; one moment)[/]")
-
-    saved = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
-    try:
-        yield
-    finally:
-        for sig, old in saved.items():
-            signal.signal(sig, old)
-
-
 def main(argv: list[str] | None = None) -> int:
-    """Two stages in one process: prepare (claim a DB, write the config) and re-exec,
-    then run the story. ``python -m flexitasks.demo`` imports the ``flexitasks`` package,
-    and so loads the settings, before this code runs; only a fresh interpreter started
-    with ``FLEXITASKS_CONFIG`` set reads the demo's config. ``execv`` keeps the pid (the
-    DB marker stays valid) and the terminal, so Ctrl-C still reaches the demo."""
-    argv = list(sys.argv[1:] if argv is None else argv)
     parser = argparse.ArgumentParser(prog="flexitasks demo", description=__doc__.splitlines()[0])
     parser.add_argument("--redis", default="redis://127.0.0.1:6379",
                         help="Redis to use (default %(default)s); the demo takes an empty DB of 3, 4, 6, 7")
-    args = parser.parse_args(argv)
-    parts = urlsplit(args.redis)
+    parts = urlsplit(parser.parse_args(argv).redis)
     host, port = parts.hostname or "127.0.0.1", parts.port or 6379
     problem = redis_problem(host, port)
     if problem is not None:
@@ -628,30 +507,23 @@ def main(argv: list[str] | None = None) -> int:
               "`redis-server --daemonize yes` or `docker compose up -d redis`, then run `make demo` again.",
               file=sys.stderr)
         return 1
-    raw_state = os.environ.pop(STATE_ENV, None)
     code, problems = 0, []
-    with signals_interrupt():
-        demo = Demo(args.redis, json.loads(raw_state) if raw_state else None)
+    with signals_handled(interrupt):
+        demo = Demo(host, port)
         try:
-            if raw_state is None:
-                demo.claim_db()
-                demo.write_config()
-                os.environ[STATE_ENV] = json.dumps(demo.state())
-                sys.stdout.flush()
-                sys.stderr.flush()
-                os.execv(sys.executable, [sys.executable, "-m", "flexitasks.demo", *argv])
+            demo.claim_db()
+            demo.write_config()
+            demo.load_app()
             demo.run()
         except Interrupted as exc:
             demo.console.print(f"\n[yellow]Interrupted ({exc}).[/] Cleaning up ...")
             code = 130
-        except DemoError as exc:
-            demo.console.print(f"\n[bold red]demo failed:[/] {exc}")
-            code = 1
         except Exception as exc:
-            demo.console.print(f"\n[bold red]demo failed:[/] {type(exc).__name__}: {exc}")
+            why = str(exc) if isinstance(exc, DemoError) else f"{type(exc).__name__}: {exc}"
+            demo.console.print(f"\n[bold red]demo failed:[/] {why}")
             code = 1
         finally:
-            with signals_deferred(demo.console):
+            with signals_handled(lambda *_: demo.console.print("   [dim](cleaning up; one moment)[/]")):
                 problems = demo.cleanup()
     for problem in problems:
         demo.console.print(f"[yellow]cleanup:[/] {problem}")
