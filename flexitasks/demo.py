@@ -2,13 +2,11 @@
 
 Owns the demo only (``python -m flexitasks.demo``, ``flexitasks demo``): it claims an empty Redis
 DB, writes a temporary config, starts two fake providers and a real ``celery -A flexitasks worker
---concurrency 4`` as subprocesses, sends chat tasks through them, breaks the primary provider,
-shows the breaker opening in every process of the pool, heals the provider and shows a single
-probe closing it. Everything it started or wrote (subprocesses, Redis keys, the temp dir) is
-removed on the way out, also on Ctrl-C or SIGTERM.
-
-The settings are read when ``flexitasks.celery_app`` is first imported, so ``main`` writes the
-config and points ``FLEXITASKS_CONFIG`` at it before it imports the app.
+--concurrency 4``, sends chat tasks through them, breaks the primary provider, shows the breaker
+opening in every process of the pool, heals the provider and shows a single probe closing it.
+Everything it started or wrote (subprocesses, Redis keys, the temp dir) is removed on the way
+out, also on Ctrl-C or SIGTERM. ``flexitasks.celery_app`` reads the settings when first imported,
+so ``main`` imports it only after ``FLEXITASKS_CONFIG`` points at the demo's config.
 """
 
 from __future__ import annotations
@@ -29,7 +27,6 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from types import FrameType
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -64,20 +61,20 @@ class Interrupted(BaseException):
 _signalled: list[str] = []  # signals received; see ``checkpoint``
 
 
-def interrupt(signum: int, _frame: FrameType | None) -> None:
-    _signalled.append(signal.Signals(signum).name)
-    raise Interrupted(_signalled[0])
-
-
 def checkpoint() -> None:
-    """Raise ``Interrupted`` again if a signal came: the handler's own raise is lost when
-    it lands inside a ``__del__`` (Celery's ``AsyncResult.__del__`` talks to Redis)."""
+    """Raise ``Interrupted`` if a signal came: the handler's own raise is lost when it lands
+    inside a ``__del__`` (Celery's ``AsyncResult.__del__`` talks to Redis)."""
     if _signalled:
         raise Interrupted(_signalled[0])
 
 
+def interrupt(signum: int, _frame: Any) -> None:
+    _signalled.append(signal.Signals(signum).name)
+    checkpoint()
+
+
 @contextlib.contextmanager
-def signals_handled(handler: Callable[[int, FrameType | None], None]) -> Iterator[None]:
+def signals_handled(handler: Callable[[int, Any], Any]) -> Iterator[None]:
     """Route SIGINT/SIGTERM/SIGHUP to ``handler`` for the block; restore the old handlers."""
     saved = {sig: signal.signal(sig, handler) for sig in SIGNALS}
     try:
@@ -96,10 +93,8 @@ def free_port() -> int:
 def pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        pass  # alive, someone else's
+    except OSError as exc:
+        return isinstance(exc, PermissionError)  # alive, but another user's
     return True
 
 
@@ -132,22 +127,23 @@ def wait_for(check: Callable[[], Any], timeout: float, interval: float = 0.05) -
 
 def config_text(db_url: str, prefix: str, ports: dict[str, int]) -> str:
     """The demo's TOML: its own DB and key prefix, short timeouts, a breaker that reopens fast."""
-    call_limits = {"timeout": 10.0, "connect_timeout": 1.0, "first_token_timeout": 3.0, "stall_timeout": 2.0}
+    url = {name: f"http://127.0.0.1:{port}" for name, port in ports.items()}
+    limits = {"timeout": 10.0, "connect_timeout": 1.0, "first_token_timeout": 3.0, "stall_timeout": 2.0}
     sections: list[tuple[str, dict[str, Any]]] = [
-        ("celery", {"broker_url": db_url, "result_backend": db_url, "max_task_retries": 1, "retry_backoff": 1,
-                    "retry_backoff_max": 2}),
+        ("celery", {"broker_url": db_url, "result_backend": db_url, "max_task_retries": 1,
+                    "retry_backoff": 1, "retry_backoff_max": 2}),
         ("sync", {"redis_url": db_url, "channel": f"{prefix}:events", "key_prefix": prefix,
                   "resync_interval": 5.0, "heartbeat_interval": 1.0}),
         ("breaker", {"failure_threshold": THRESHOLD, "window": 60.0, "recovery_timeout": RECOVERY,
                      "max_recovery_timeout": 12.0, "jitter": 0.0}),
         # One task retries the primary until the breaker opens, so a single child takes every failure.
-        ("retry", {"same_provider_retries": THRESHOLD - 1, "same_provider_backoff": 0.05, "request_timeout": 20.0}),
+        ("retry", {"same_provider_retries": THRESHOLD - 1, "same_provider_backoff": 0.05,
+                   "request_timeout": 20.0}),
         ("[providers]", {"name": "openai", "kind": "openai", "model": "gpt-4o-mini", "priority": 1,
-                         "api_key_env": KEY_ENVS["openai"], "base_url": f"http://127.0.0.1:{ports['openai']}/v1",
-                         **call_limits}),
-        ("[providers]", {"name": "anthropic", "kind": "anthropic", "model": "claude-sonnet-4-5", "priority": 2,
-                         "api_key_env": KEY_ENVS["anthropic"], "base_url": f"http://127.0.0.1:{ports['anthropic']}",
-                         **call_limits}),
+                         "api_key_env": KEY_ENVS["openai"], "base_url": url["openai"] + "/v1", **limits}),
+        ("[providers]", {"name": "anthropic", "kind": "anthropic", "model": "claude-sonnet-4-5",
+                         "priority": 2, "api_key_env": KEY_ENVS["anthropic"], "base_url": url["anthropic"],
+                         **limits}),
     ]
     body = "\n".join(f"[{name}]\n" + "".join(f"{k} = {json.dumps(v)}\n" for k, v in values.items())
                      for name, values in sections)
@@ -202,8 +198,7 @@ class Demo:
 
     def step(self, n: int, title: str, what: str) -> None:
         checkpoint()
-        self.console.print(f"\n[bold cyan]{n}. {title}[/]")
-        self.console.print(f"   [dim]{what}[/]")
+        self.console.print(f"\n[bold cyan]{n}. {title}[/]\n   [dim]{what}[/]")
 
     def say(self, text: str) -> None:
         checkpoint()
@@ -224,7 +219,8 @@ class Demo:
                     return
                 client.delete(MARKER)
             client.close()
-        raise DemoError(f"no empty Redis DB among {', '.join(map(str, DEMO_DBS))} on {self.host}:{self.port}; "
+        dbs = ", ".join(map(str, DEMO_DBS))
+        raise DemoError(f"no empty Redis DB among {dbs} on {self.host}:{self.port}; "
                         "the demo only writes to a DB it can empty afterwards")
 
     def write_config(self) -> None:
@@ -248,7 +244,7 @@ class Demo:
 
     # -- subprocesses ----------------------------------------------------------------------------
     def spawn(self, name: str, args: list[str]) -> subprocess.Popen[bytes]:
-        """Start ``args`` in a session of its own (so cleanup can kill the whole group), logging to a file."""
+        """Start ``args`` in a session of its own, so cleanup can kill its whole group; log to a file."""
         with open(self.workdir / f"{name}.log", "wb") as log:
             proc = subprocess.Popen(
                 args, cwd=PACKAGE_ROOT, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
@@ -258,8 +254,7 @@ class Demo:
         return proc
 
     def log_tail(self, name: str, lines: int = 15) -> str:
-        path = self.workdir / f"{name}.log"
-        text = path.read_text(errors="replace") if path.exists() else ""
+        text = (self.workdir / f"{name}.log").read_text(errors="replace")  # spawn created it
         return "\n".join("     " + line for line in text.splitlines()[-lines:])
 
     def start_fakes(self) -> None:
@@ -268,7 +263,8 @@ class Demo:
                                         "--port", str(port), "--name", name, "--api-key-env", KEY_ENVS[name]])
             self.admins[name] = FakeProviderAdmin(f"http://127.0.0.1:{port}", timeout=5)
         for (name, proc), admin in zip(self.procs, self.admins.values(), strict=True):
-            if not wait_for(lambda a=admin, p=proc: p.poll() is None and a.health(), 20) or proc.poll() is not None:
+            up = wait_for(lambda a=admin, p=proc: p.poll() is None and a.health(), 20)
+            if not up or proc.poll() is not None:
                 raise DemoError(f"{name} did not start:\n{self.log_tail(name)}")
         for name, port in self.ports.items():
             self.say(f"fake provider [bold]{name:<9}[/] on 127.0.0.1:{port} "
@@ -276,8 +272,8 @@ class Demo:
 
     def start_worker(self) -> None:
         """Start the pool and wait until it answers ping and all five processes report a view."""
-        proc = self.spawn("worker", [sys.executable, "-m", "celery", "-A", "flexitasks", "worker",
-                                     "--pool", "prefork", "--concurrency", "4", "-n", f"demo-{self.run_id}@%h",
+        proc = self.spawn("worker", [sys.executable, "-m", "celery", "-A", "flexitasks", "worker", "--pool",
+                                     "prefork", "--concurrency", "4", "-n", f"demo-{self.run_id}@%h",
                                      "--loglevel", "WARNING", "--without-gossip", "--without-mingle"])
 
         def pinged() -> bool:
@@ -288,16 +284,17 @@ class Demo:
 
         if not wait_for(pinged, 60, 0.1):
             raise DemoError(f"the worker did not answer ping within 60 s:\n{self.log_tail('worker')}")
-        views = wait_for(lambda: (views := fleet_status()["processes"]) and len(views) >= 5 and views, 20, 0.1)
-        if not views:
+        # Every child starts its own breaker sync after fork; wait until all five report.
+        if not (views := wait_for(lambda: (v := fleet_status()["processes"]) and len(v) >= 5 and v, 20, 0.1)):
             raise DemoError(f"the pool did not report its breaker views:\n{self.log_tail('worker')}")
         roles = [p["role"] for p in views]
         self.say(f"worker [bold]celery -A flexitasks worker --concurrency 4[/] (pid {proc.pid}) is up; "
-                 f"{roles.count('worker-main')} main + {roles.count('worker-child')} children run breaker sync")
+                 f"{roles.count('worker-main')} main + {roles.count('worker-child')} children "
+                 "run breaker sync")
 
     # -- work and observation --------------------------------------------------------------------
-    def send(self, n: int, start: int = 0) -> list[dict[str, Any]]:
-        """Send ``n`` chat tasks at once and wait for every answer."""
+    def send(self, n: int, start: int, row: int) -> None:
+        """Send ``n`` chat tasks at once (prompts from ``start``), wait for all, table them from ``row``."""
         checkpoint()
         msgs = [[{"role": "system", "content": "Answer briefly."},
                  {"role": "user", "content": PROMPTS[(start + i) % len(PROMPTS)]}] for i in range(n)]
@@ -307,12 +304,9 @@ class Demo:
             results.append(r.get(timeout=60))
             checkpoint()
         self.pending = []
-        return results
-
-    def send_and_show(self, n: int, start: int, row: int) -> None:
         t = table("#>", "answered by", "attempts", "ms>")
         t.add_column("answer", max_width=34, no_wrap=True, overflow="ellipsis")
-        for i, r in enumerate(self.send(n, start), row):
+        for i, r in enumerate(results, row):
             colour = "green" if r["provider"] == "openai" else "magenta"
             t.add_row(str(i), f"[{colour}]{r['provider']}[/] ({r['model']})",
                       compact_attempts(r["attempts"]), f"{r['latency_ms']:.0f}", r["content"])
@@ -322,20 +316,15 @@ class Demo:
         """Narrate the transitions published since the last call, until one to ``state``; return it."""
         got: list[dict[str, Any]] = []
         deadline = time.monotonic() + timeout
-        while True:
-            message = self.pubsub.get_message(timeout=0.02)
-            if message is None:
-                if any(e["state"] == state for e in got) or time.monotonic() > deadline:
-                    break
-                continue
-            event = json.loads(message["data"])
+        while (message := self.pubsub.get_message(timeout=0.02)) or (
+                time.monotonic() < deadline and not any(e["state"] == state for e in got)):
+            event = json.loads(message["data"]) if message else {}
             if event.get("type") == "transition":  # failure events are not narrated
                 got.append(event)
         for e in got:
             self.say(f"event: [bold]{e['provider']}[/] {e['previous']} → [bold]{e['state']}[/] "
                      f"(reason {e['reason']}, generation {e['generation']})")
-        match = [e for e in got if e["state"] == state]
-        if not match:
+        if not (match := [e for e in got if e["state"] == state]):
             raise DemoError(failure)
         return match[0]
 
@@ -350,11 +339,13 @@ class Demo:
                 b = p["breakers"].get("openai", {})
                 if b.get("generation") == generation and b.get("state") == state:
                     first.setdefault(p["pid"], b["applied_at"])
-            return status if status["processes"] and all(p["pid"] in first for p in status["processes"]) else None
+            done = status["processes"] and all(p["pid"] in first for p in status["processes"])
+            return status if done else None
 
         status = wait_for(check, timeout, 0.02)
         if status is None:
-            raise DemoError(f"not every process showed openai {state} (generation {generation}) within {timeout} s")
+            raise DemoError(f"not every process showed openai {state} (generation {generation}) "
+                            f"within {timeout} s")
         for p in status["processes"]:
             p["breakers"]["openai"]["applied_at"] = first[p["pid"]]
         return status
@@ -364,16 +355,16 @@ class Demo:
         t = table("host", "pid", "role", "openai state", "generation", *extra)
         for p in status["processes"]:
             b = p["breakers"]["openai"]
-            cells = [p["host"], str(p["pid"]), p["role"], f"[{STATE_COLOURS.get(b['state'], 'white')}]{b['state']}[/]",
-                     str(b["generation"])]
+            colour = STATE_COLOURS.get(b["state"], "white")
+            cells = [p["host"], str(p["pid"]), p["role"], f"[{colour}]{b['state']}[/]", str(b["generation"])]
             if since is not None:
                 cells.append(f"{(b['applied_at'] - since) * 1000:+.1f} ms")
             t.add_row(*cells)
         self.console.print(t, crop=False)
 
-    def last_seq(self) -> int:
-        log = self.admins["openai"].requests()
-        return int(log[-1]["seq"]) if log else 0
+    def openai_calls(self) -> int:
+        """Calls the fake openai has had so far; also the ``seq`` of its latest request log entry."""
+        return int(self.admins["openai"].stats()["requests"])
 
     # -- the story ---------------------------------------------------------------------------------
     def run(self) -> None:
@@ -388,27 +379,28 @@ class Demo:
         self.start_worker()
 
         self.step(2, "Normal traffic", "4 chat tasks at once; openai has priority 1, anthropic priority 2")
-        self.send_and_show(4, start=0, row=1)
+        self.send(4, start=0, row=1)
         open_event, seq_before = self.outage()
         self.fleet_sees_it(open_event, seq_before)
 
         self.step(5, "While OPEN", "4 tasks at once: each skips openai and goes straight to anthropic")
-        before = self.admins["openai"].stats()["requests"]
-        self.send_and_show(4, start=5, row=6)
-        self.say(f"requests openai received meanwhile: [bold]{self.admins['openai'].stats()['requests'] - before}[/]")
+        before = self.openai_calls()
+        self.send(4, start=5, row=6)
+        self.say(f"requests openai received meanwhile: [bold]{self.openai_calls() - before}[/]")
         closed = self.recovery()
 
         self.step(7, "Back on the primary", "4 more tasks; every process shows the breaker closed")
-        self.send_and_show(4, start=2, row=14)
+        self.send(4, start=2, row=14)
         self.fleet_table(self.wait_fleet("closed", closed["generation"]))
-        self.console.print(f"\n[bold green]Done.[/] Cleaning up: worker, fake providers, Redis DB {self.db}, temp dir")
+        self.console.print(f"\n[bold green]Done.[/] Cleaning up: worker, fake providers, Redis DB {self.db}, "
+                           "temp dir")
 
     def outage(self) -> tuple[dict[str, Any], int]:
-        """Step 3: the primary fails until its breaker opens; returns the OPEN event and the log position."""
+        """Step 3: the primary fails until its breaker opens; returns that event and the log position."""
         self.step(3, "Outage on the primary", "the fake 'openai' now answers every call with HTTP 500")
         self.admins["openai"].set_fault(status=500)
-        seq_before = self.last_seq()
-        self.send_and_show(1, start=4, row=5)
+        seq_before = self.openai_calls()
+        self.send(1, start=4, row=5)
         self.say(f"one task in one child retried openai until {THRESHOLD} failures opened its breaker, "
                  "then failed over to anthropic")
         return self.transition("open", "the breaker did not open"), seq_before
@@ -439,8 +431,8 @@ class Demo:
         wait = max(auth["open_until"] - auth["now"], 0.0) + 0.2
         self.say(f"waiting {wait:.1f} s for the recovery interval to end ...")
         time.sleep(wait)
-        seq_before = self.last_seq()
-        self.send_and_show(4, start=1, row=10)
+        seq_before = self.openai_calls()
+        self.send(4, start=1, row=10)
         closed = self.transition("closed", "the breaker did not close after the probe")
         probes = [r for r in self.admins["openai"].requests(since=seq_before) if r["t"] <= closed["at"]]
         self.say(f"calls to openai before the breaker closed: [bold]{len(probes)}[/] (the single probe; "
@@ -456,16 +448,15 @@ class Demo:
         with contextlib.suppress(ProcessLookupError):
             os.kill(proc.pid, signal.SIGTERM)
         deadline = time.monotonic() + 15
-        while not exited_unreaped(proc.pid) and time.monotonic() < deadline:
+        while not (exited := exited_unreaped(proc.pid)) and time.monotonic() < deadline:
             time.sleep(0.05)
-        problem = None if exited_unreaped(proc.pid) else f"{name} ignored SIGTERM for 15 s; killed"
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(proc.pid, signal.SIGKILL)  # not reaped yet, so the group id is still ours
         proc.wait()
-        return problem
+        return None if exited else f"{name} ignored SIGTERM for 15 s; killed"
 
     def cleanup(self) -> list[str]:
-        """Stop every subprocess (the worker first), then empty the claimed DB and remove the temp dir."""
+        """Stop every subprocess (the worker first), then empty the claimed DB, remove the temp dir."""
         for result in self.pending:  # else Celery unsubscribes them at interpreter exit, noisily
             with contextlib.suppress(Exception):
                 result.forget()

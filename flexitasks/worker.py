@@ -48,9 +48,8 @@ def send_transition_event(result: StoreResult) -> None:
     """Publish one Celery event for a transition this process made."""
     type_ = EVENT_TYPES[result.snapshot.state]
     fields = event_fields(result)
-    task = current_task
-    if task is not None and task.request.id is not None:
-        task.send_event(type_, **fields)
+    if current_task and current_task.request.id is not None:  # a Proxy: falsy outside a task
+        current_task.send_event(type_, **fields)
         return
     with app.events.default_dispatcher() as dispatcher:
         dispatcher.send(type_, **fields)

@@ -100,3 +100,20 @@ def test_keys_never_reach_results_or_errors(clean):
 def test_worker_stays_up(clean, worker):
     assert worker.poll() is None
     assert chat_task.delay(MESSAGES).get(timeout=30)["provider"] == "primary"
+
+
+def test_keys_never_reach_the_worker_log_or_task_events(clean):
+    """After failures, misconfiguration and successes, the worker's log (INFO, with every
+    task's arguments and results) holds no key."""
+    import os
+
+    from conftest import WORKDIR
+
+    clean["primary"].admin.set_fault(status=401)
+    chat_task.delay(MESSAGES).get(timeout=30)
+    clean["primary"].admin.clear()
+    chat_task.delay(MESSAGES).get(timeout=30)
+    log = (WORKDIR / "worker-w1.log").read_text()
+    assert "flexitasks.chat" in log  # the log is the worker's, and it logged tasks
+    for var in ("FLEXITASKS_TEST_PRIMARY_KEY", "FLEXITASKS_TEST_SECONDARY_KEY"):
+        assert os.environ[var] not in log

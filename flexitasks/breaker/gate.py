@@ -1,8 +1,10 @@
 """The router's view of the breakers: admit a call, report how it went.
 
 Decides from the local mirror whenever it can (a CLOSED, healthy provider costs no
-store call) and goes to the store only to report failures, to report successes while
-the window holds failures, and to compete for the half-open probe. Holds no lock
+store call) and goes to the store only to report failures, to report successes
+(batched) while the window holds failures, to admit calls when one more failure would
+open the breaker, and to compete for the half-open probe. One gate per process; the
+prefork pool runs one task at a time in it. Holds no lock
 across a provider call. When the shared store is unreachable it keeps serving with a
 local-only store (same thresholds) until the sync layer says the store is back.
 """
@@ -12,6 +14,7 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import time
 import uuid
 from collections.abc import Callable
 
@@ -25,6 +28,11 @@ from flexitasks.sync.mirror import Mirror
 log = logging.getLogger(__name__)
 
 TransitionListener = Callable[[StoreResult], None]
+
+SUCCESS_FLUSH_INTERVAL = 0.25
+"""Seconds between reports of successes while the window holds failures; a failure
+report always carries the successes before it. Batching keeps a flapping provider's
+success path at one store call per process per interval, not one per call."""
 
 
 class FleetGate:
@@ -40,6 +48,8 @@ class FleetGate:
         self.mirror = mirror
         self.policies = policies
         self.on_transition = on_transition
+        self._pending: dict[str, int] = {}  # successes not yet reported, per provider
+        self._flushed_at: dict[str, float] = {}
         self.degraded = True  # until the sync layer has read the shared state once
         self._warned = False
         self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
@@ -76,6 +86,8 @@ class FleetGate:
             return self._admit_by_store(provider)
         view = self.mirror.get(provider).snapshot
         now = self.mirror.now()
+        if view.state is BreakerState.CLOSED and self._near_threshold(provider):
+            return self._admit_by_store(provider)  # one more failure anywhere opens it: ask Redis
         if view.state in (BreakerState.CLOSED, BreakerState.DISABLED):
             return Permit(provider)
         if view.state is BreakerState.FORCED_OPEN:
@@ -95,19 +107,29 @@ class FleetGate:
         return Permit(provider, probe=result.snapshot.state is BreakerState.HALF_OPEN)
 
     def succeeded(self, permit: Permit) -> None:
-        policy = self.policies[permit.provider]
+        name = permit.provider
+        policy = self.policies[name]
         if permit.probe:
-            self._call(lambda s: s.probe_result(permit.provider, policy, self.owner, True))
-        elif self.degraded or self._window_has_failures(permit.provider):
-            self._call(lambda s: s.record_success(permit.provider, policy, 1))
+            self._call(lambda s: s.probe_result(name, policy, self.owner, True))
+        elif self.degraded or self._window_has_failures(name):
+            self._pending[name] = pending = self._pending.get(name, 0) + 1
+            if time.monotonic() - self._flushed_at.get(name, 0.0) >= SUCCESS_FLUSH_INTERVAL:
+                self._take_pending(name)
+                self._call(lambda s: s.record_success(name, policy, pending))
 
     def failed(self, permit: Permit, failure: ProviderFailure) -> None:
-        policy = self.policies[permit.provider]
+        name = permit.provider
+        policy = self.policies[name]
         if permit.probe:
             ok = not failure.kind.blames_provider  # it answered: alive, if unhappy with us
-            self._call(lambda s: s.probe_result(permit.provider, policy, self.owner, ok))
+            self._call(lambda s: s.probe_result(name, policy, self.owner, ok))
         elif failure.kind.blames_provider:
-            self._call(lambda s: s.record_failure(permit.provider, policy))
+            successes = self._take_pending(name)  # the rate must see them before this failure
+            self._call(lambda s: s.record_failure(name, policy, successes))
+
+    def _take_pending(self, provider: str) -> int:
+        self._flushed_at[provider] = time.monotonic()
+        return self._pending.pop(provider, 0)
 
     def cool_down(self, provider: str, seconds: float) -> None:
         policy = self.policies[provider]
@@ -120,6 +142,18 @@ class FleetGate:
         if s.state is BreakerState.OPEN and s.reason == "retry_after":
             return max(s.open_until - self.mirror.now(), 0.0)
         return None
+
+    def _near_threshold(self, provider: str) -> bool:
+        """One failure short of opening: from here on a call is admitted by the store, not
+        the mirror, so no process calls after the breaker opened elsewhere (pub/sub takes
+        milliseconds, the store answers atomically)."""
+        view = self.mirror.get(provider).snapshot
+        policy = self.policies[provider]
+        one_more_opens = (
+            view.failures + 1 >= policy.failure_threshold
+            and view.failures + 1 >= policy.failure_rate_threshold * (view.calls + 1)
+        )
+        return one_more_opens and self._window_has_failures(provider)
 
     def _window_has_failures(self, provider: str) -> bool:
         """Successes only matter for the failure rate while failures are in the window;
