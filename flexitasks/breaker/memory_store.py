@@ -18,14 +18,14 @@ from collections.abc import Callable
 from typing import Any
 
 from flexitasks.breaker import machine
-from flexitasks.breaker.store import BreakerPolicy, BreakerSnapshot, BreakerState, StoreResult
+from flexitasks.breaker.store import BreakerPolicy, BreakerSnapshot, OperationStore, StoreResult
 
 __all__ = ["MemoryBreakerStore"]
 
 log = logging.getLogger(__name__)
 
 
-class MemoryBreakerStore:
+class MemoryBreakerStore(OperationStore):
     """``BreakerStore`` in a dict behind one lock; thread-safe, events via ``publish``.
 
     ``publish`` is called with each event dict (the same JSON shape the Redis store
@@ -51,24 +51,6 @@ class MemoryBreakerStore:
         with self._lock:
             now = self._now()
             return {p: machine.snapshot_of(self._record(p), now) for p in dict.fromkeys(providers)}
-
-    def record_failure(self, provider: str, policy: BreakerPolicy, successes: int = 0) -> StoreResult:
-        return self._run("record_failure", provider, policy, successes=successes)
-
-    def record_success(self, provider: str, policy: BreakerPolicy, successes: int = 1) -> StoreResult:
-        return self._run("record_success", provider, policy, successes=successes)
-
-    def acquire_probe(self, provider: str, policy: BreakerPolicy, owner: str) -> StoreResult:
-        return self._run("acquire_probe", provider, policy, owner=owner)
-
-    def probe_result(self, provider: str, policy: BreakerPolicy, owner: str, ok: bool) -> StoreResult:
-        return self._run("probe_result", provider, policy, owner=owner, ok=ok)
-
-    def cool_down(self, provider: str, policy: BreakerPolicy, seconds: float) -> StoreResult:
-        return self._run("cool_down", provider, policy, seconds=seconds)
-
-    def force(self, provider: str, policy: BreakerPolicy, state: BreakerState) -> StoreResult:
-        return self._run("force", provider, policy, target=state)
 
     # ------------------------------------------------------------ plumbing
 

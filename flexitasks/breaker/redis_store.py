@@ -30,7 +30,7 @@ from typing import Any
 import redis
 
 from flexitasks.breaker import machine
-from flexitasks.breaker.store import BreakerPolicy, BreakerSnapshot, BreakerState, StoreResult
+from flexitasks.breaker.store import BreakerPolicy, BreakerSnapshot, BreakerState, OperationStore, StoreResult
 from flexitasks.errors import FlexitasksError
 
 __all__ = ["BreakerStoreError", "InvalidBreakerOperation", "RedisBreakerStore"]
@@ -107,7 +107,7 @@ def _decode(provider: str, row: Sequence[Any]) -> StoreResult:
     )
 
 
-class RedisBreakerStore:
+class RedisBreakerStore(OperationStore):
     """``BreakerStore`` over Redis; safe to share between threads (no local state).
 
     ``clock`` replaces Redis ``TIME`` (tests only: every process of a fleet must use
@@ -170,24 +170,6 @@ class RedisBreakerStore:
                 op="snapshot",
                 provider=label,
             ) from exc
-
-    def record_failure(self, provider: str, policy: BreakerPolicy, successes: int = 0) -> StoreResult:
-        return self._run("record_failure", provider, policy, successes=successes)
-
-    def record_success(self, provider: str, policy: BreakerPolicy, successes: int = 1) -> StoreResult:
-        return self._run("record_success", provider, policy, successes=successes)
-
-    def acquire_probe(self, provider: str, policy: BreakerPolicy, owner: str) -> StoreResult:
-        return self._run("acquire_probe", provider, policy, owner=owner)
-
-    def probe_result(self, provider: str, policy: BreakerPolicy, owner: str, ok: bool) -> StoreResult:
-        return self._run("probe_result", provider, policy, owner=owner, ok=ok)
-
-    def cool_down(self, provider: str, policy: BreakerPolicy, seconds: float) -> StoreResult:
-        return self._run("cool_down", provider, policy, seconds=seconds)
-
-    def force(self, provider: str, policy: BreakerPolicy, state: BreakerState) -> StoreResult:
-        return self._run("force", provider, policy, target=state)
 
     # ------------------------------------------------------------ plumbing
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 
 class BreakerState(enum.StrEnum):
@@ -119,3 +119,29 @@ class BreakerStore(Protocol):
     def force(self, provider: str, policy: BreakerPolicy, state: BreakerState) -> StoreResult:
         """Operator: FORCED_OPEN, DISABLED, or CLOSED (reset: window, token and reopen_count cleared)."""
         ...
+
+
+class OperationStore:
+    """The six operations spelled once: a store implements ``snapshot`` and ``_run``
+    (one atomic step of the named operation)."""
+
+    def _run(self, op: str, provider: str, policy: BreakerPolicy, **kwargs: Any) -> StoreResult:
+        raise NotImplementedError
+
+    def record_failure(self, provider: str, policy: BreakerPolicy, successes: int = 0) -> StoreResult:
+        return self._run("record_failure", provider, policy, successes=successes)
+
+    def record_success(self, provider: str, policy: BreakerPolicy, successes: int = 1) -> StoreResult:
+        return self._run("record_success", provider, policy, successes=successes)
+
+    def acquire_probe(self, provider: str, policy: BreakerPolicy, owner: str) -> StoreResult:
+        return self._run("acquire_probe", provider, policy, owner=owner)
+
+    def probe_result(self, provider: str, policy: BreakerPolicy, owner: str, ok: bool) -> StoreResult:
+        return self._run("probe_result", provider, policy, owner=owner, ok=ok)
+
+    def cool_down(self, provider: str, policy: BreakerPolicy, seconds: float) -> StoreResult:
+        return self._run("cool_down", provider, policy, seconds=seconds)
+
+    def force(self, provider: str, policy: BreakerPolicy, state: BreakerState) -> StoreResult:
+        return self._run("force", provider, policy, target=state)
