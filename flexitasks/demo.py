@@ -284,8 +284,11 @@ class Demo:
 
         if not wait_for(pinged, 60, 0.1):
             raise DemoError(f"the worker did not answer ping within 60 s:\n{self.log_tail('worker')}")
-        # Every child starts its own breaker sync after fork; wait until all five report.
-        if not (views := wait_for(lambda: (v := fleet_status()["processes"]) and len(v) >= 5 and v, 20, 0.1)):
+        def five_views() -> list[dict[str, Any]] | None:  # each child starts its breaker sync after fork
+            views: list[dict[str, Any]] = fleet_status()["processes"]
+            return views if len(views) >= 5 else None
+
+        if not (views := wait_for(five_views, 20, 0.1)):
             raise DemoError(f"the pool did not report its breaker views:\n{self.log_tail('worker')}")
         roles = [p["role"] for p in views]
         self.say(f"worker [bold]celery -A flexitasks worker --concurrency 4[/] (pid {proc.pid}) is up; "
@@ -368,6 +371,7 @@ class Demo:
 
     # -- the story ---------------------------------------------------------------------------------
     def run(self) -> None:
+        """Steps 1-7, in order; any that cannot show what it promises raises ``DemoError``."""
         self.console.print("[bold]flexitasks demo[/]: priority failover and fleet-wide circuit breakers")
         self.step(1, "Start", "two fake providers and a real worker pool (1 main + 4 prefork children)")
         self.say(f"Redis {self.host}:{self.port} DB {self.db}, key prefix {self.prefix} "
@@ -487,6 +491,7 @@ def redis_problem(host: str, port: int) -> str | None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """0 after a clean run; 1 if Redis is unreachable or a step fails; 130 after a signal."""
     parser = argparse.ArgumentParser(prog="flexitasks demo", description=__doc__.splitlines()[0])
     parser.add_argument("--redis", default="redis://127.0.0.1:6379",
                         help="Redis to use (default %(default)s); the demo takes an empty DB of 3, 4, 6, 7")
