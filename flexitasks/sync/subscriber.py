@@ -14,6 +14,7 @@ import contextlib
 import json
 import logging
 import os
+import random
 import socket
 import threading
 import time
@@ -29,7 +30,10 @@ from flexitasks.sync.mirror import Mirror, View
 log = logging.getLogger(__name__)
 
 
-VIEW_WRITE_DELAY = 0.05  # seconds from a change of the mirror to writing this process's view
+VIEW_WRITE_DELAY = (0.2, 0.6)
+"""Seconds (random within) from a change of the mirror to writing this process's view:
+soon enough for ``flexitasks status``, late and spread enough that a fleet's view writes
+neither coalesce into one burst nor sit in the path of the next transition's delivery."""
 
 
 def process_key(prefix: str, host: str, pid: int) -> str:
@@ -178,10 +182,10 @@ class Subscriber:
 
     def _on_change(self, _provider: str, _view: View) -> None:
         """Record the new view soon, from this thread: writing it at once would put a Redis
-        round trip (and 16 processes' writes) in the path of the next event, and in the
+        round trip (and every process's write) in the path of the next event, and in the
         path of the task thread when its own store call changed the mirror."""
         if self._view_due is None:
-            self._view_due = time.monotonic() + VIEW_WRITE_DELAY
+            self._view_due = time.monotonic() + random.uniform(*VIEW_WRITE_DELAY)
 
 
 def _brief(view: View) -> dict[str, Any]:
