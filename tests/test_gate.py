@@ -63,11 +63,12 @@ def test_successes_are_batched_while_the_window_holds_failures():
     assert snap.failures == 2 and snap.calls == 52
 
 
-def test_one_failure_short_of_opening_admission_asks_the_store():
+def test_a_failing_provider_is_admitted_by_the_store():
     store = CountingStore()
     gate = make_gate(store)
     for _ in range(4):
         gate.failed(gate.admit("p"), BOOM)
+    assert store.ops.count("acquire_probe") == 3  # after the first failure, every admission asks
     assert gate.mirror.get("p").snapshot.state is BreakerState.CLOSED
     store.ops.clear()
     # another process's failure opens it; this process has not heard yet

@@ -2,8 +2,8 @@
 
 Decides from the local mirror whenever it can (a CLOSED, healthy provider costs no
 store call) and goes to the store only to report failures, to report successes
-(batched) while the window holds failures, to admit calls when one more failure would
-open the breaker, and to compete for the half-open probe. One gate per process; the
+(batched) while the window holds failures, to admit calls while the provider looks
+failing, and to compete for the half-open probe. One gate per process; the
 prefork pool runs one task at a time in it. Holds no lock
 across a provider call. When the shared store is unreachable it keeps serving with a
 local-only store (same thresholds) until the sync layer says the store is back.
@@ -86,8 +86,8 @@ class FleetGate:
             return self._admit_by_store(provider)
         view = self.mirror.get(provider).snapshot
         now = self.mirror.now()
-        if view.state is BreakerState.CLOSED and self._near_threshold(provider):
-            return self._admit_by_store(provider)  # one more failure anywhere opens it: ask Redis
+        if view.state is BreakerState.CLOSED and self._looks_failing(provider):
+            return self._admit_by_store(provider)  # it may open any moment: ask Redis, atomically
         if view.state in (BreakerState.CLOSED, BreakerState.DISABLED):
             return Permit(provider)
         if view.state is BreakerState.FORCED_OPEN:
@@ -143,17 +143,15 @@ class FleetGate:
             return max(s.open_until - self.mirror.now(), 0.0)
         return None
 
-    def _near_threshold(self, provider: str) -> bool:
-        """One failure short of opening: from here on a call is admitted by the store, not
-        the mirror, so no process calls after the breaker opened elsewhere (pub/sub takes
-        milliseconds, the store answers atomically)."""
+    def _looks_failing(self, provider: str) -> bool:
+        """The window holds failures at a rate that would open the breaker once enough of
+        them come: calls are then admitted by the store, not the mirror, so no process keeps
+        calling for the milliseconds pub/sub takes to say the breaker opened elsewhere.
+        Costs one store call per call only while the provider is failing; the store's
+        answers keep this process's counts fresh."""
         view = self.mirror.get(provider).snapshot
-        policy = self.policies[provider]
-        one_more_opens = (
-            view.failures + 1 >= policy.failure_threshold
-            and view.failures + 1 >= policy.failure_rate_threshold * (view.calls + 1)
-        )
-        return one_more_opens and self._window_has_failures(provider)
+        rate = (view.failures + 1) / (view.calls + 1)
+        return rate >= self.policies[provider].failure_rate_threshold and self._window_has_failures(provider)
 
     def _window_has_failures(self, provider: str) -> bool:
         """Successes only matter for the failure rate while failures are in the window;

@@ -292,6 +292,8 @@ def record_failure(
         record.open_until = now + interval(policy, 0, rand)
         _clear_token(record)
         return _transition(record, BreakerState.OPEN, "threshold", now)
+    if failures > 1:
+        return Decision()  # only the first failure of a window is news to the fleet (see events.py)
     return Decision(
         event={
             "v": 1,

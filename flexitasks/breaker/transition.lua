@@ -247,7 +247,7 @@ if op == 'record_failure' or op == 'record_success' then
         s.open_until = now + interval(0)
         clear_token()
         transition('open', 'threshold')
-      else
+      elseif f == 1 then  -- only the first failure of a window is news to the fleet
         failure_event = '{"v":1,"type":"failure","provider":' .. jstr(provider)
           .. ',"generation":' .. string.format('%d', s.generation)
           .. ',"failures":' .. string.format('%d', f)

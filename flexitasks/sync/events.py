@@ -33,6 +33,10 @@ class TransitionEvent(_Event):
 
 
 class FailureEvent(_Event):
+    """The first counted failure of a window: from now on every process reports its
+    successes (the failure rate needs them) and admits calls through the store while the
+    provider looks failing. Later failures are learned from the store's own answers."""
+
     type: Literal["failure"]
     failures: int = Field(ge=0)
     calls: int = Field(ge=0)
