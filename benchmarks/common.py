@@ -300,7 +300,7 @@ def worker_sync(wait_connected: float = 10.0) -> Any:
 class TimedAdapter:
     """The real adapter; records (wall time, ``label()``) just before each call is sent.
 
-    ``label`` says what the process believed when it sent the call (``mirror_label``).
+    ``label`` says what the process believed when it admitted the call (``LabelledGate``).
     """
 
     def __init__(self, inner: Any, label: Callable[[], str] | None = None) -> None:
@@ -314,18 +314,30 @@ class TimedAdapter:
         return self.inner.complete(request, budget)
 
 
-def mirror_label(sync: Any, provider: str = PRIMARY) -> Callable[[], str]:
-    """This process's view of ``provider`` when it sends a call: its breaker state, or
-    "probe" when it holds the half-open probe token."""
-    from flexitasks.breaker.store import BreakerState
+class LabelledGate:
+    """The process's real ``FleetGate``, noting what this process believed when it admitted
+    a call to ``provider``: its mirror's state as admission began, or "probe" for the
+    half-open probe. Read at admission, not at send: a call the store admitted just before
+    the breaker opened elsewhere is not mistaken for one sent against an OPEN view."""
 
-    def label() -> str:
-        snap = sync.mirror.get(provider).snapshot
-        if snap.state is BreakerState.HALF_OPEN and snap.probe_owner == sync.gate.owner:
-            return "probe"
-        return str(snap.state.value)
+    def __init__(self, sync: Any, provider: str = PRIMARY) -> None:
+        self.inner = sync.gate
+        self.mirror = sync.mirror
+        self.provider = provider
+        self.last = ""
 
-    return label
+    def admit(self, provider: str) -> Any:
+        before = self.mirror.get(provider).snapshot.state.value
+        permit = self.inner.admit(provider)
+        if provider == self.provider and permit is not None:
+            self.last = "probe" if permit.probe else before
+        return permit
+
+    def label(self) -> str:
+        return self.last
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
 
 
 def chat_request(*providers: str) -> Any:

@@ -30,11 +30,11 @@ from benchmarks import CHANNEL, PRIMARY, REDIS_URL
 from benchmarks.common import (
     CTX,
     Fakes,
+    LabelledGate,
     Table,
     TimedAdapter,
     chat_request,
     log,
-    mirror_label,
     ms,
     percentile,
     pool,
@@ -65,11 +65,12 @@ def _worker(index: int, conn: Connection, stop: Any, recovery: float, max_recove
             applied.setdefault(view.snapshot.generation, time.time())
 
     sync.mirror.listeners.insert(0, on_apply)
-    primary = TimedAdapter(build_adapter(settings.provider(PRIMARY)), mirror_label(sync))
+    gate = LabelledGate(sync)
+    primary = TimedAdapter(build_adapter(settings.provider(PRIMARY)), gate.label)
     router = Router(  # as flexitasks.runtime builds it, with the primary's sends recorded
         providers=settings.providers,
         adapters={p.name: primary if p.name == PRIMARY else build_adapter(p) for p in settings.providers},
-        gate=sync.gate,
+        gate=gate,
         policy=default_policy(settings.retry),
         request_timeout=settings.retry.request_timeout,
     )

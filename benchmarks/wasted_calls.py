@@ -36,12 +36,12 @@ from benchmarks import PRIMARY, REDIS_URL, anchors
 from benchmarks.common import (
     CTX,
     Fakes,
+    LabelledGate,
     Table,
     TimedAdapter,
     chat_request,
     log,
     median,
-    mirror_label,
     ms,
     num,
     pool,
@@ -79,12 +79,13 @@ def _worker(index: int, conn: Connection, stop: Any, open_wall: Any, open_store:
 
     sync.mirror.listeners.insert(0, on_view)
     gen_seen[index] = sync.mirror.get(PRIMARY).snapshot.generation
-    adapter = TimedAdapter(build_adapter(settings.provider(PRIMARY)), mirror_label(sync))
+    gate = LabelledGate(sync)
+    adapter = TimedAdapter(build_adapter(settings.provider(PRIMARY)), gate.label)
     sends = adapter.sends
     router = Router(
         providers=settings.providers,
         adapters={p.name: adapter if p.name == PRIMARY else build_adapter(p) for p in settings.providers},
-        gate=sync.gate,
+        gate=gate,
         policy=default_policy(settings.retry),
         request_timeout=settings.retry.request_timeout,
     )
