@@ -3,10 +3,10 @@
 Decides from the local mirror whenever it can (a CLOSED, healthy provider costs no
 store call) and goes to the store only to report failures, to report successes
 (batched) while the window holds failures, to admit calls while the provider looks
-failing, and to compete for the half-open probe. One gate per process; the
-prefork pool runs one task at a time in it. Holds no lock
-across a provider call. When the shared store is unreachable it keeps serving with a
-local-only store (same thresholds) until the sync layer says the store is back.
+failing, and to compete for the half-open probe. Holds no lock across a provider call.
+One gate per process: the prefork pool runs one task at a time in it. When the shared
+store is unreachable it keeps serving with a local-only store (same thresholds) until
+the sync layer says the store is back.
 """
 
 from __future__ import annotations
