@@ -21,6 +21,7 @@ from typing import Any
 
 import pytest
 import redis
+from conftest import REDIS_URL as LEASED_REDIS_URL
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
@@ -33,7 +34,7 @@ from flexitasks.breaker import (
     StoreResult,
 )
 
-REDIS_URL = os.environ.get("FLEXITASKS_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
+REDIS_URL = os.environ.get("FLEXITASKS_TEST_REDIS_URL", LEASED_REDIS_URL)  # this run's own DB
 RUN_PREFIX = f"flexitasks-test-{uuid.uuid4().hex[:12]}"
 N = 50
 

@@ -20,6 +20,7 @@ from typing import Any
 
 import pytest
 import redis
+from conftest import REDIS_URL as LEASED_REDIS_URL
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import (
@@ -33,7 +34,7 @@ from hypothesis.stateful import (
 
 from flexitasks.breaker import BreakerPolicy, BreakerState, MemoryBreakerStore, RedisBreakerStore
 
-REDIS_URL = os.environ.get("FLEXITASKS_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
+REDIS_URL = os.environ.get("FLEXITASKS_TEST_REDIS_URL", LEASED_REDIS_URL)  # this run's own DB
 RUN_PREFIX = f"flexitasks-test-{uuid.uuid4().hex[:12]}"
 PROVIDERS = ("p1", "p2")
 OWNERS = ("w1", "w2", "w3")
