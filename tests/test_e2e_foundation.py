@@ -117,3 +117,37 @@ def test_keys_never_reach_the_worker_log_or_task_events(clean):
     assert "flexitasks.chat" in log  # the log is the worker's, and it logged tasks
     for var in ("FLEXITASKS_TEST_PRIMARY_KEY", "FLEXITASKS_TEST_SECONDARY_KEY"):
         assert os.environ[var] not in log
+
+
+def test_a_killed_child_loses_no_request(clean):
+    """acks_late + reject_on_worker_lost: the message of a child killed mid-call goes back
+    to the queue and a new child answers it (a worker of its own, on a queue of its own,
+    so the other tests' pool keeps its children)."""
+    import os
+    import signal
+    import subprocess
+    import time
+
+    from conftest import start_worker, stop_worker, wait_for_worker
+
+    from flexitasks import app
+
+    proc = start_worker("-Q", "killq", name="killq", concurrency=2)
+    try:
+        wait_for_worker(app, "killq@")
+        clean["primary"].admin.set_fault(latency=3.0, count=1)  # the first call hangs 3 s
+        result = chat_task.apply_async(args=[MESSAGES], queue="killq")
+        deadline = time.monotonic() + 30
+        while clean["primary"].admin.stats()["requests"] == 0:  # the call is in flight
+            assert time.monotonic() < deadline, "the task never called the provider"
+            time.sleep(0.05)
+        children = subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True, text=True).stdout.split()
+        assert children, "the worker has no children to kill"
+        for pid in children:
+            os.kill(int(pid), signal.SIGKILL)
+        answer = result.get(timeout=60)
+        assert answer["provider"] == "primary"
+        assert clean["primary"].admin.stats()["requests"] == 2  # the killed call, then the redelivered one
+        assert proc.poll() is None
+    finally:
+        stop_worker(proc)
