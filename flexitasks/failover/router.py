@@ -120,9 +120,12 @@ class Router:
             raise InvalidRequest(f"invalid chat request: providers: unknown provider(s) {', '.join(unknown)}")
         return [p for p in self.providers if p.name in request.providers]
 
-    def run(self, request: ChatRequest) -> ChatResult:
+    def run(self, request: ChatRequest, timeout: float | None = None) -> ChatResult:
+        """``timeout``: what is left of the request's own deadline, if shorter than
+        ``request_timeout`` (a Celery retry of an earlier run)."""
         start = self.clock()
-        run = _Run(deadline=start + self.request_timeout)
+        limit = self.request_timeout if timeout is None else max(min(timeout, self.request_timeout), 0.0)
+        run = _Run(deadline=start + limit)
         routes = [_Route(p) for p in self.eligible(request)]
         ready = list(routes)
         while True:
