@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
@@ -59,3 +60,37 @@ def test_status_reports_an_unreachable_redis_in_one_line():
     assert proc.returncode == 1
     assert "Traceback" not in proc.stderr
     assert proc.stderr.startswith("flexitasks: Redis unreachable")
+
+
+def test_transitions_are_celery_events(clean):
+    """A monitor (Flower, `celery events`) sees the transition a child made, once."""
+    import threading
+
+    from flexitasks import app, chat_task
+
+    seen: list[dict] = []
+    ready = threading.Event()
+
+    def listen() -> None:
+        with app.connection() as conn:
+            receiver = app.events.Receiver(conn, handlers={"*": lambda ev: seen.append(ev)})
+            ready.set()
+            with contextlib.suppress(TimeoutError):
+                receiver.capture(limit=None, timeout=20, wakeup=False)
+
+    thread = threading.Thread(target=listen, daemon=True)
+    thread.start()
+    ready.wait(5)
+    time.sleep(1.0)  # the receiver's queue is bound before the first event
+    clean["primary"].admin.set_fault(status=500)
+    for _ in range(4):
+        chat_task.delay([{"role": "user", "content": "hi"}]).get(timeout=30)
+
+    deadline = time.monotonic() + 15
+    while not any(ev["type"] == "breaker-opened" for ev in seen):
+        assert time.monotonic() < deadline, f"no breaker-opened event among {sorted({e['type'] for e in seen})}"
+        time.sleep(0.2)
+    opened = [ev for ev in seen if ev["type"] == "breaker-opened"]
+    assert len(opened) == 1
+    assert opened[0]["provider"] == "primary" and opened[0]["state"] == "open"
+    assert opened[0]["previous"] == "closed" and opened[0]["reason"] == "threshold"
