@@ -3,7 +3,7 @@
 "Exactly one winner" is the property the fleet relies on: of many workers racing a
 breaker over its threshold (or into HALF_OPEN), exactly one sees ``transitioned`` and
 exactly one event is published. Needs Redis (``FLEXITASKS_TEST_REDIS_URL``, default
-db 15); skipped without it unless CI=true.
+this run's leased DB); skipped without it unless CI=true.
 """
 
 from __future__ import annotations

@@ -4,7 +4,7 @@ A Hypothesis state machine applies the same operations at the same (controlled)
 times to ``RedisBreakerStore`` and ``MemoryBreakerStore`` seeded with the same jitter
 rng, and after every step asserts identical results, identical snapshots and
 identical published events (Redis pub/sub vs the memory store's ``publish``).
-Needs Redis (``FLEXITASKS_TEST_REDIS_URL``, default db 15); skipped without it
+Needs Redis (``FLEXITASKS_TEST_REDIS_URL``, default: the run's leased DB); skipped without it
 unless CI=true.
 """
 
