@@ -14,6 +14,7 @@ from typing import Any
 
 from celery.worker.control import control_command, inspect_command
 
+from flexitasks.breaker.redis_store import BreakerStoreError
 from flexitasks.breaker.store import BreakerState
 from flexitasks.celery_app import settings
 from flexitasks.sync import process
@@ -26,7 +27,10 @@ def _force(state: Any, provider: str, target: BreakerState) -> dict[str, Any]:
         return {"error": f"unknown provider {provider!r}; known: {', '.join(names)}"}
     sync = process.current()
     policy = settings.breaker_policy(settings.provider(provider))
-    result = sync.store.force(provider, policy, target)
+    try:
+        result = sync.store.force(provider, policy, target)
+    except BreakerStoreError as exc:
+        return {"error": f"breaker store unreachable, nothing changed: {exc}"}
     sync.mirror.apply(result.snapshot)
     if result.transitioned:
         state.consumer.event_dispatcher.send(EVENT_TYPES[target], **event_fields(result))
@@ -46,7 +50,10 @@ def breaker_status(state: Any) -> dict[str, Any]:
     """Authoritative state of every provider's breaker, and this worker's applied view."""
     sync = process.current()
     names = [p.name for p in settings.providers]
-    authoritative = {name: snap.to_dict() for name, snap in sync.store.snapshot(names).items()}
+    try:
+        authoritative = {name: snap.to_dict() for name, snap in sync.store.snapshot(names).items()}
+    except BreakerStoreError as exc:
+        authoritative = {"error": f"breaker store unreachable: {exc}"}
     return {"providers": authoritative, "view": sync.subscriber.view(), "degraded": sync.gate.degraded}
 
 
