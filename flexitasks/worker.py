@@ -85,8 +85,9 @@ def _start_child_sync(**_: Any) -> None:
 
 @worker_process_shutdown.connect
 def _stop_child_sync(**_: Any) -> None:
-    if process._current is not None:
-        process._current.subscriber.stop()
+    sync = process.existing()
+    if sync is not None:
+        sync.subscriber.stop()
 
 
 class BreakerSync(bootsteps.StartStopStep):
@@ -100,11 +101,12 @@ class BreakerSync(bootsteps.StartStopStep):
             process.current(wait=1.0)
 
     def stop(self, worker: Any) -> None:
-        if process._current is not None:
-            process._current.subscriber.stop()
+        sync = process.existing()
+        if sync is not None:
+            sync.subscriber.stop()
 
     def info(self, worker: Any) -> dict[str, Any]:
-        sync = process._current
+        sync = process.existing()
         if sync is None:
             return {"flexitasks": {"breakers": "disabled"}}
         return {"flexitasks": {"degraded": sync.gate.degraded, "view": sync.subscriber.view()}}

@@ -87,6 +87,11 @@ def current(wait: float = 1.0) -> ProcessSync:
         return _current
 
 
+def existing() -> ProcessSync | None:
+    """This process's sync if it has been started (never a parent's, after a fork)."""
+    return _current if _current is not None and _current.pid == os.getpid() else None
+
+
 def process_gate() -> FleetGate:
     return current().gate
 
