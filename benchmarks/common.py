@@ -289,9 +289,8 @@ def worker_sync(wait_connected: float = 10.0) -> Any:
     (``flexitasks.worker._start_child_sync``), then wait until it holds the snapshot."""
     from flexitasks.sync import process
 
-    process.reset_after_fork()
     process.role = "worker-child"
-    sync = process.current(wait=1.0)
+    sync = process.current()
     if not sync.subscriber.connected.wait(wait_connected):
         raise RuntimeError(f"breaker sync of pid {os.getpid()} not connected after {wait_connected}s")
     return sync

@@ -164,7 +164,7 @@ def config_path() -> Path:
     return Path(os.environ.get("FLEXITASKS_CONFIG") or "flexitasks.toml")
 
 
-def _describe(path: str, raw: dict[str, Any], loc: tuple[Any, ...]) -> str:
+def _describe(raw: dict[str, Any], loc: tuple[Any, ...]) -> str:
     """'providers[1] (name='claude').kind' rather than pydantic's 'providers.1.kind'."""
     parts: list[str] = []
     i = 0
@@ -199,7 +199,7 @@ def parse_settings(raw: dict[str, Any], source: str) -> Settings:
             got = f" (got {err['input']!r})" if err["type"] != "missing" and not isinstance(
                 err["input"], dict
             ) else ""
-            lines.append(f"{source}: {_describe(source, raw, tuple(err['loc']))}: {err['msg']}{got}")
+            lines.append(f"{source}: {_describe(raw, tuple(err['loc']))}: {err['msg']}{got}")
         raise ConfigError("invalid configuration:\n  " + "\n  ".join(lines)) from None
 
 

@@ -6,13 +6,12 @@ process never hands its HTTP pools or Redis connections to a child.
 
 from __future__ import annotations
 
-import os
-import threading
 from dataclasses import dataclass
 
 from flexitasks.celery_app import settings
 from flexitasks.failover.policy import default_policy
 from flexitasks.failover.router import BreakerGate, OpenGate, Router
+from flexitasks.per_process import PerProcess
 from flexitasks.providers import build_adapter
 
 
@@ -20,11 +19,6 @@ from flexitasks.providers import build_adapter
 class Runtime:
     router: Router
     gate: BreakerGate
-    pid: int
-
-
-_lock = threading.Lock()
-_current: Runtime | None = None
 
 
 def _make_gate() -> BreakerGate:
@@ -35,20 +29,16 @@ def _make_gate() -> BreakerGate:
     return process_gate()
 
 
-def runtime() -> Runtime:
-    global _current
-    current = _current
-    if current is not None and current.pid == os.getpid():
-        return current
-    with _lock:
-        if _current is None or _current.pid != os.getpid():
-            gate = _make_gate()
-            router = Router(
-                providers=settings.providers,
-                adapters={p.name: build_adapter(p) for p in settings.providers},
-                gate=gate,
-                policy=default_policy(settings.retry),
-                request_timeout=settings.retry.request_timeout,
-            )
-            _current = Runtime(router=router, gate=gate, pid=os.getpid())
-        return _current
+def _build() -> Runtime:
+    gate = _make_gate()
+    router = Router(
+        providers=settings.providers,
+        adapters={p.name: build_adapter(p) for p in settings.providers},
+        gate=gate,
+        policy=default_policy(settings.retry),
+        request_timeout=settings.retry.request_timeout,
+    )
+    return Runtime(router=router, gate=gate)
+
+
+runtime = PerProcess(_build).get

@@ -2,8 +2,8 @@
 
 - main process: a bootstep starts the breaker sync (the main process runs remote
   control and must see transitions too) and reports it in ``inspect stats``;
-- every prefork child (also each replacement): ``worker_process_init`` drops what it
-  inherited and starts its own sync, waiting at most 1 s for the first snapshot
+- every prefork child (also each replacement): ``worker_process_init`` starts its own
+  sync (nothing inherited is used: ``per_process.py``), waiting at most 1 s for the first snapshot
   (Celery kills a child whose init blocks for 4 s);
 - each breaker transition this process makes becomes a Celery event
   (``breaker-opened`` ...), so Flower and event monitors see it.
@@ -77,10 +77,9 @@ def _check_keys(**_: Any) -> None:
 
 @worker_process_init.connect
 def _start_child_sync(**_: Any) -> None:
-    process.reset_after_fork()
     process.role = "worker-child"
     if settings.breaker.enabled:
-        process.current(wait=1.0)
+        process.current()
 
 
 @worker_process_shutdown.connect
@@ -98,7 +97,7 @@ class BreakerSync(bootsteps.StartStopStep):
     def start(self, worker: Any) -> None:
         if settings.breaker.enabled:
             process.role = "worker-main"
-            process.current(wait=1.0)
+            process.current()
 
     def stop(self, worker: Any) -> None:
         sync = process.existing()

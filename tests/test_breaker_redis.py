@@ -2,15 +2,14 @@
 
 "Exactly one winner" is the property the fleet relies on: of many workers racing a
 breaker over its threshold (or into HALF_OPEN), exactly one sees ``transitioned`` and
-exactly one event is published. Needs Redis (``FLEXITASKS_TEST_REDIS_URL``, default
-this run's leased DB); skipped without it unless CI=true.
+exactly one event is published. Needs Redis (the run's leased DB, see conftest.py);
+skipped without it unless CI=true.
 """
 
 from __future__ import annotations
 
 import json
 import math
-import os
 import random
 import threading
 import time
@@ -21,7 +20,7 @@ from typing import Any
 
 import pytest
 import redis
-from conftest import REDIS_URL as LEASED_REDIS_URL
+from conftest import REDIS_URL, delete_prefix, require_redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
@@ -34,7 +33,6 @@ from flexitasks.breaker import (
     StoreResult,
 )
 
-REDIS_URL = os.environ.get("FLEXITASKS_TEST_REDIS_URL", LEASED_REDIS_URL)  # this run's own DB
 RUN_PREFIX = f"flexitasks-test-{uuid.uuid4().hex[:12]}"
 N = 50
 
@@ -51,21 +49,13 @@ class Env:
 
 @pytest.fixture
 def env() -> Iterator[Env]:
+    require_redis()
     client = redis.Redis.from_url(REDIS_URL, socket_timeout=5)
-    try:
-        client.ping()
-    except redis.RedisError as exc:
-        message = f"Redis not reachable at {REDIS_URL}: {exc}"
-        if os.environ.get("CI") == "true":
-            pytest.fail(message)
-        pytest.skip(message)
     prefix = f"{RUN_PREFIX}-{uuid.uuid4().hex[:8]}"
     try:
         yield Env(client, prefix, f"{prefix}:events")
     finally:
-        keys = list(client.scan_iter(match=f"{prefix}*", count=500))
-        if keys:
-            client.delete(*keys)
+        delete_prefix(client, prefix)
         client.close()
 
 

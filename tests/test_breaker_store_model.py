@@ -4,14 +4,13 @@ A Hypothesis state machine applies the same operations at the same (controlled)
 times to ``RedisBreakerStore`` and ``MemoryBreakerStore`` seeded with the same jitter
 rng, and after every step asserts identical results, identical snapshots and
 identical published events (Redis pub/sub vs the memory store's ``publish``).
-Needs Redis (``FLEXITASKS_TEST_REDIS_URL``, default: the run's leased DB); skipped without it
+Needs Redis (the run's leased DB, see conftest.py); skipped without it
 unless CI=true.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import random
 import time
 import uuid
@@ -20,7 +19,7 @@ from typing import Any
 
 import pytest
 import redis
-from conftest import REDIS_URL as LEASED_REDIS_URL
+from conftest import REDIS_URL, delete_prefix, require_redis
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import (
@@ -34,7 +33,6 @@ from hypothesis.stateful import (
 
 from flexitasks.breaker import BreakerPolicy, BreakerState, MemoryBreakerStore, RedisBreakerStore
 
-REDIS_URL = os.environ.get("FLEXITASKS_TEST_REDIS_URL", LEASED_REDIS_URL)  # this run's own DB
 RUN_PREFIX = f"flexitasks-test-{uuid.uuid4().hex[:12]}"
 PROVIDERS = ("p1", "p2")
 OWNERS = ("w1", "w2", "w3")
@@ -55,26 +53,14 @@ POLICIES = (
 )
 
 
-def _delete_prefix(client: redis.Redis, prefix: str) -> None:
-    keys = list(client.scan_iter(match=f"{prefix}*", count=500))
-    if keys:
-        client.delete(*keys)
-
-
 @pytest.fixture
 def redis_client() -> Iterator[redis.Redis]:
+    require_redis()
     client = redis.Redis.from_url(REDIS_URL, socket_timeout=5)
-    try:
-        client.ping()
-    except redis.RedisError as exc:
-        message = f"Redis not reachable at {REDIS_URL}: {exc}"
-        if os.environ.get("CI") == "true":
-            pytest.fail(message)
-        pytest.skip(message)
     try:
         yield client
     finally:
-        _delete_prefix(client, RUN_PREFIX)
+        delete_prefix(client, RUN_PREFIX)
         client.close()
 
 
@@ -230,7 +216,7 @@ class BreakerModel(RuleBasedStateMachine):
             assert extra is None or extra["type"] != "message", f"unexpected event {extra}"
         finally:
             self.pubsub.close()
-            _delete_prefix(self.client, self.prefix)
+            delete_prefix(self.client, self.prefix)
 
 
 def test_redis_store_matches_memory_model(redis_client: redis.Redis) -> None:

@@ -15,7 +15,8 @@ import anthropic
 from flexitasks.config import ProviderSettings
 from flexitasks.failover.classify import FailureKind, ProviderFailure
 from flexitasks.models import ChatRequest
-from flexitasks.providers.base import Completion, PerProcessClient, require_key
+from flexitasks.per_process import PerProcess
+from flexitasks.providers.base import Completion, require_key
 from flexitasks.providers.deadlines import StreamWatch, WatchedTransport, http_timeout
 
 _OUTPUT_DELTAS = ("text_delta", "thinking_delta", "input_json_delta", "citations_delta", "signature_delta")
@@ -25,7 +26,7 @@ class AnthropicAdapter:
     def __init__(self, settings: ProviderSettings) -> None:
         self.name = settings.name
         self.settings = settings
-        self._client = PerProcessClient(self._make_client)
+        self._client = PerProcess(self._make_client)
 
     def _make_client(self) -> anthropic.Anthropic:
         return anthropic.Anthropic(

@@ -14,7 +14,8 @@ import openai
 from flexitasks.config import ProviderSettings
 from flexitasks.failover.classify import FailureKind, ProviderFailure
 from flexitasks.models import ChatRequest
-from flexitasks.providers.base import Completion, PerProcessClient, require_key
+from flexitasks.per_process import PerProcess
+from flexitasks.providers.base import Completion, require_key
 from flexitasks.providers.deadlines import StreamWatch, WatchedTransport, http_timeout
 
 
@@ -36,7 +37,7 @@ class OpenAIAdapter:
     def __init__(self, settings: ProviderSettings) -> None:
         self.name = settings.name
         self.settings = settings
-        self._client = PerProcessClient(self._make_client)
+        self._client = PerProcess(self._make_client)
 
     def _make_client(self) -> openai.OpenAI:
         return openai.OpenAI(

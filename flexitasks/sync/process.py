@@ -8,8 +8,6 @@ once per pid, so nothing made before a fork is used after it.
 from __future__ import annotations
 
 import logging
-import os
-import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -19,6 +17,7 @@ from flexitasks.breaker.gate import FleetGate, TransitionListener
 from flexitasks.breaker.redis_store import RedisBreakerStore
 from flexitasks.breaker.store import StoreResult
 from flexitasks.celery_app import settings
+from flexitasks.per_process import PerProcess
 from flexitasks.sync.mirror import Mirror
 from flexitasks.sync.subscriber import Subscriber
 
@@ -32,11 +31,8 @@ class ProcessSync:
     mirror: Mirror
     gate: FleetGate
     subscriber: Subscriber
-    pid: int
 
 
-_lock = threading.Lock()
-_current: ProcessSync | None = None
 transition_listeners: list[TransitionListener] = []
 node_name: str | None = None  # set by the worker before forking its children
 role: str = "process"
@@ -74,30 +70,13 @@ def build(wait: float = 1.0, on_transition: Callable[[StoreResult], None] = _bro
         node=node_name,
     )
     sub.start(wait=wait)
-    return ProcessSync(client, store, mirror, gate, sub, os.getpid())
+    return ProcessSync(client, store, mirror, gate, sub)
 
 
-def current(wait: float = 1.0) -> ProcessSync:
-    global _current
-    if _current is not None and _current.pid == os.getpid():
-        return _current
-    with _lock:
-        if _current is None or _current.pid != os.getpid():
-            _current = build(wait=wait)
-        return _current
-
-
-def existing() -> ProcessSync | None:
-    """This process's sync if it has been started (never a parent's, after a fork)."""
-    return _current if _current is not None and _current.pid == os.getpid() else None
+_process = PerProcess(build)
+current = _process.get
+existing = _process.existing  # this process's sync if started, never a parent's
 
 
 def process_gate() -> FleetGate:
     return current().gate
-
-
-def reset_after_fork() -> None:
-    """Forget the parent's objects (locks, sockets) in a freshly forked child."""
-    global _current, _lock
-    _current = None
-    _lock = threading.Lock()
