@@ -20,7 +20,7 @@ import pybreaker
 import redis
 
 from benchmarks import KEY_PREFIX
-from flexitasks.failover.classify import ProviderFailure
+from flexitasks.failures import ProviderFailure
 
 MEMORY, REDIS = "pybreaker-memory", "pybreaker-redis"
 NAMESPACE = f"{KEY_PREFIX}:pyb"

@@ -112,8 +112,9 @@ def _flexitasks_worker(
 def _raw_worker(
     index: int, conn: Connection, busy: bool, last: Any, stop: Any, switch: float, quiet: bool
 ) -> None:
+    from flexitasks.breaker.permit import OpenGate
     from flexitasks.failover.policy import default_policy
-    from flexitasks.failover.router import OpenGate, Router
+    from flexitasks.failover.router import Router
     from flexitasks.providers import build_adapter
 
     if switch:

@@ -8,9 +8,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from flexitasks.breaker.permit import BreakerGate, OpenGate
 from flexitasks.celery_app import settings
 from flexitasks.failover.policy import default_policy
-from flexitasks.failover.router import BreakerGate, OpenGate, Router
+from flexitasks.failover.router import Router
 from flexitasks.per_process import PerProcess
 from flexitasks.providers import build_adapter
 

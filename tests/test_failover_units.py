@@ -17,17 +17,13 @@ import httpx2
 import openai
 import pytest
 
+from flexitasks.breaker.permit import Permit
 from flexitasks.config import ProviderSettings, RetrySettings
 from flexitasks.errors import AllProvidersFailed, ContentRejected, RequestRejected
-from flexitasks.failover.classify import (
-    FailureKind,
-    ProviderFailure,
-    classify,
-    parse_retry_after,
-    retry_after_from,
-)
+from flexitasks.failover.classify import classify, parse_retry_after, retry_after_from
 from flexitasks.failover.policy import Action, backoff_wait, default_policy
-from flexitasks.failover.router import ADMIT_GRACE, Permit, Router
+from flexitasks.failover.router import ADMIT_GRACE, Router
+from flexitasks.failures import FailureKind, ProviderFailure
 from flexitasks.models import ChatRequest
 from flexitasks.providers.base import Completion
 from flexitasks.providers.deadlines import TAIL_GRACE, StreamWatch, http_timeout

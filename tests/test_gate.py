@@ -11,9 +11,9 @@ from typing import Any
 
 from flexitasks.breaker.gate import FleetGate
 from flexitasks.breaker.memory_store import MemoryBreakerStore
+from flexitasks.breaker.mirror import Mirror
 from flexitasks.breaker.store import BreakerPolicy, BreakerState
-from flexitasks.failover.classify import FailureKind, ProviderFailure
-from flexitasks.sync.mirror import Mirror
+from flexitasks.failures import FailureKind, ProviderFailure
 
 POLICY = BreakerPolicy(failure_threshold=5, failure_rate_threshold=0.5, window=60.0, recovery_timeout=10.0)
 BOOM = ProviderFailure(FailureKind.UNAVAILABLE, "500", status=500)

@@ -15,10 +15,10 @@ from conftest import KEY_PREFIX
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from flexitasks.breaker.events import FailureEvent, InvalidEvent, TransitionEvent, parse_event
+from flexitasks.breaker.mirror import Mirror
 from flexitasks.breaker.redis_store import RedisBreakerStore
 from flexitasks.breaker.store import BreakerPolicy, BreakerSnapshot, BreakerState
-from flexitasks.sync.events import FailureEvent, InvalidEvent, TransitionEvent, parse_event
-from flexitasks.sync.mirror import Mirror
 
 
 def transition(generation: int, state: str = "open", provider: str = "primary", **extra: Any) -> bytes:

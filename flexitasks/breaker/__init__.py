@@ -1,8 +1,11 @@
-"""Circuit breakers shared by the fleet: the store contract and its two stores.
+"""Circuit breakers shared by the fleet: the store contract, its two stores, the gate.
 
 ``store`` is the contract, ``machine`` the transition rules, ``RedisBreakerStore`` the
-fleet-wide authority (one Lua script), ``MemoryBreakerStore`` the local fallback.
-Nothing here knows about Celery, HTTP or providers' SDKs.
+fleet-wide authority (one Lua script), ``MemoryBreakerStore`` the local fallback,
+``events`` the channel's schema, ``mirror`` a process's view of the state (fed by
+``flexitasks.sync``), ``permit`` what the router asks of a gate and ``gate`` the fleet's.
+Nothing here knows about Celery, HTTP, the router, the sync thread or providers' SDKs
+(pyproject's import contracts check it).
 """
 
 from flexitasks.breaker.machine import decide

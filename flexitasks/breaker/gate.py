@@ -19,11 +19,11 @@ import uuid
 from collections.abc import Callable
 
 from flexitasks.breaker.memory_store import MemoryBreakerStore
+from flexitasks.breaker.mirror import Mirror
+from flexitasks.breaker.permit import Permit
 from flexitasks.breaker.redis_store import BreakerStoreError
 from flexitasks.breaker.store import BreakerPolicy, BreakerState, BreakerStore, StoreResult
-from flexitasks.failover.classify import ProviderFailure
-from flexitasks.failover.router import Permit
-from flexitasks.sync.mirror import Mirror
+from flexitasks.failures import ProviderFailure
 
 log = logging.getLogger(__name__)
 

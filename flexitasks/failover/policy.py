@@ -13,7 +13,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from flexitasks.config import RetrySettings
-from flexitasks.failover.classify import FailureKind, ProviderFailure
+from flexitasks.failures import FailureKind, ProviderFailure
 
 
 class Action(enum.StrEnum):

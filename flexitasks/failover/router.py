@@ -17,12 +17,13 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
 
+from flexitasks.breaker.permit import BreakerGate, Permit
 from flexitasks.config import ProviderSettings
 from flexitasks.errors import AllProvidersFailed, ContentRejected, InvalidRequest, RequestRejected
-from flexitasks.failover.classify import FailureKind, ProviderFailure, classify
+from flexitasks.failover.classify import classify
 from flexitasks.failover.policy import Action, FailoverPolicy
+from flexitasks.failures import FailureKind, ProviderFailure
 from flexitasks.models import Attempt, ChatRequest, ChatResult, Usage
 from flexitasks.providers.base import Completion, ProviderAdapter
 
@@ -33,45 +34,6 @@ ADMIT_GRACE = 0.25
 breaker store's clock and ours differ by a few milliseconds, and another process may
 hold the half-open probe for a moment."""
 ADMIT_POLL = 0.02
-
-
-@dataclass(frozen=True)
-class Permit:
-    provider: str
-    probe: bool = False
-
-
-class BreakerGate(Protocol):
-    """What the router needs from circuit breakers (see ``flexitasks.breaker.gate``)."""
-
-    def admit(self, provider: str) -> Permit | None: ...
-    def succeeded(self, permit: Permit) -> None: ...
-    def failed(self, permit: Permit, failure: ProviderFailure) -> None: ...
-    def cool_down(self, provider: str, seconds: float) -> None: ...
-
-    def reopens_in(self, provider: str) -> float | None:
-        """Seconds until a provider skipped for a cool-down may be called again (None:
-        not cooling down), so a run with nowhere else to go can wait for it."""
-        ...
-
-
-class OpenGate:
-    """No breakers: every provider is always admitted."""
-
-    def admit(self, provider: str) -> Permit | None:
-        return Permit(provider)
-
-    def succeeded(self, permit: Permit) -> None:
-        pass
-
-    def failed(self, permit: Permit, failure: ProviderFailure) -> None:
-        pass
-
-    def cool_down(self, provider: str, seconds: float) -> None:
-        pass
-
-    def reopens_in(self, provider: str) -> float | None:
-        return None
 
 
 @dataclass

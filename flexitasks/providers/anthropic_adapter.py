@@ -13,7 +13,7 @@ from typing import Any
 import anthropic
 
 from flexitasks.config import ProviderSettings
-from flexitasks.failover.classify import FailureKind, ProviderFailure
+from flexitasks.failures import FailureKind, ProviderFailure
 from flexitasks.models import ChatRequest
 from flexitasks.per_process import PerProcess
 from flexitasks.providers.base import Completion, require_key

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from flexitasks.config import ProviderSettings
-from flexitasks.failover.classify import FailureKind, ProviderFailure
+from flexitasks.failures import FailureKind, ProviderFailure
 from flexitasks.models import ChatRequest
 
 

@@ -20,7 +20,8 @@ import httpcore2
 import httpx2
 
 from flexitasks.config import ProviderSettings
-from flexitasks.failover.classify import FailureKind, ProviderFailure, classify
+from flexitasks.failover.classify import classify
+from flexitasks.failures import FailureKind, ProviderFailure
 
 log = logging.getLogger(__name__)
 

@@ -14,11 +14,11 @@ from dataclasses import dataclass
 import redis
 
 from flexitasks.breaker.gate import FleetGate, TransitionListener
+from flexitasks.breaker.mirror import Mirror
 from flexitasks.breaker.redis_store import RedisBreakerStore
 from flexitasks.breaker.store import StoreResult
 from flexitasks.celery_app import settings
 from flexitasks.per_process import PerProcess
-from flexitasks.sync.mirror import Mirror
 from flexitasks.sync.subscriber import Subscriber
 
 log = logging.getLogger(__name__)

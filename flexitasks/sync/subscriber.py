@@ -23,9 +23,9 @@ from typing import Any
 
 import redis
 
+from flexitasks.breaker.events import InvalidEvent, parse_event
+from flexitasks.breaker.mirror import Mirror, View
 from flexitasks.breaker.store import BreakerStore
-from flexitasks.sync.events import InvalidEvent, parse_event
-from flexitasks.sync.mirror import Mirror, View
 
 log = logging.getLogger(__name__)
 

@@ -1,4 +1,4 @@
-"""This process's local copy of every breaker's state.
+"""This process's local copy of every breaker's state (``flexitasks.sync`` feeds it).
 
 The success path reads only this mirror, so a healthy provider costs no Redis round
 trip. It is fed by full snapshots (authoritative: they replace everything) and by
@@ -14,8 +14,8 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 
+from flexitasks.breaker.events import FailureEvent, TransitionEvent
 from flexitasks.breaker.store import BreakerSnapshot, BreakerState
-from flexitasks.sync.events import FailureEvent, TransitionEvent
 
 
 @dataclasses.dataclass(frozen=True)

@@ -1,0 +1,52 @@
+"""What the router asks of circuit breakers: a ``Permit`` per call and the gate protocol.
+
+The router (``failover/router.py``) calls any ``BreakerGate``; ``FleetGate`` (``gate.py``)
+is the fleet-wide one, ``OpenGate`` the one without breakers. Lives in ``breaker/`` so the
+breaker depends on nothing above it; imports only ``flexitasks.failures``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+from flexitasks.failures import ProviderFailure
+
+
+@dataclass(frozen=True)
+class Permit:
+    provider: str
+    probe: bool = False
+
+
+class BreakerGate(Protocol):
+    """What the router needs from circuit breakers (see ``flexitasks.breaker.gate``)."""
+
+    def admit(self, provider: str) -> Permit | None: ...
+    def succeeded(self, permit: Permit) -> None: ...
+    def failed(self, permit: Permit, failure: ProviderFailure) -> None: ...
+    def cool_down(self, provider: str, seconds: float) -> None: ...
+
+    def reopens_in(self, provider: str) -> float | None:
+        """Seconds until a provider skipped for a cool-down may be called again (None:
+        not cooling down), so a run with nowhere else to go can wait for it."""
+        ...
+
+
+class OpenGate:
+    """No breakers: every provider is always admitted."""
+
+    def admit(self, provider: str) -> Permit | None:
+        return Permit(provider)
+
+    def succeeded(self, permit: Permit) -> None:
+        pass
+
+    def failed(self, permit: Permit, failure: ProviderFailure) -> None:
+        pass
+
+    def cool_down(self, provider: str, seconds: float) -> None:
+        pass
+
+    def reopens_in(self, provider: str) -> float | None:
+        return None

@@ -1,0 +1,53 @@
+"""Failure kinds: what a failed provider call means for routing and for the breaker.
+
+Pure and SDK-free, so the breaker, the router, the policy and the adapters can all
+share it without reaching the SDKs. Turning an SDK exception into one of these is
+``failover.classify``'s job, not this module's.
+"""
+
+from __future__ import annotations
+
+import enum
+
+
+class FailureKind(enum.StrEnum):
+    UNAVAILABLE = "unavailable"  # connection error, 408, 5xx, overloaded: try again / elsewhere
+    RATE_LIMITED = "rate_limited"  # 429
+    TIMEOUT = "timeout"  # silent: no response, late first token, stall; not retried on the same route
+    TRUNCATED = "truncated"  # stream cut or malformed: restart cleanly, never returned as an answer
+    MISCONFIGURED = "misconfigured"  # 401/403/404, missing key: fail over, log loudly
+    CONTEXT_LENGTH = "context_length"  # too long for this model: next provider, provider not blamed
+    CONTENT_POLICY = "content_policy"  # refused content: fail the request
+    BAD_REQUEST = "bad_request"  # any other 400: fail the request
+
+    @property
+    def blames_provider(self) -> bool:
+        """Only outages count against the breaker; our own bad requests never open it."""
+        return self in _OUTAGES
+
+    @property
+    def fails_request(self) -> bool:
+        """No other provider would accept this request either."""
+        return self in (FailureKind.CONTENT_POLICY, FailureKind.BAD_REQUEST)
+
+
+_OUTAGES = frozenset(
+    {FailureKind.UNAVAILABLE, FailureKind.RATE_LIMITED, FailureKind.TIMEOUT, FailureKind.TRUNCATED}
+)
+
+
+class ProviderFailure(Exception):
+    """A provider call failed; ``kind`` says what that means for routing."""
+
+    def __init__(
+        self, kind: FailureKind, message: str, *, status: int | None = None, retry_after: float | None = None
+    ) -> None:
+        super().__init__(message)
+        self.kind = kind
+        self.message = message
+        self.status = status
+        self.retry_after = retry_after
+
+    def __str__(self) -> str:
+        status = f" {self.status}" if self.status else ""
+        return f"{self.kind.value}{status}: {self.message}"
