@@ -7,6 +7,8 @@ prefix of this run's own so runs never collide.
 
 from __future__ import annotations
 
+import atexit
+import contextlib
 import os
 import socket
 import subprocess
@@ -25,6 +27,13 @@ REDIS_PORT = int(os.environ.get("FLEXITASKS_TEST_REDIS_PORT", "6379"))
 RUN_ID = uuid.uuid4().hex[:8]
 
 
+def _release_db(db: int) -> None:
+    with contextlib.suppress(redis.RedisError):
+        lessor = redis.Redis(host=REDIS_HOST, port=REDIS_PORT, db=0, socket_connect_timeout=1)
+        if lessor.get(f"flexitasks-test-db-lease:{db}") == RUN_ID.encode():
+            lessor.delete(f"flexitasks-test-db-lease:{db}")
+
+
 def lease_db() -> int:
     """A Redis DB of this run's own, leased on DB 0 so concurrent runs never share one
     (Celery's queue and result keys are not under our key prefix)."""
@@ -34,6 +43,7 @@ def lease_db() -> int:
         lessor = redis.Redis(host=REDIS_HOST, port=REDIS_PORT, db=0, socket_connect_timeout=1)
         for db in range(8, 16):
             if lessor.set(f"flexitasks-test-db-lease:{db}", RUN_ID, nx=True, ex=1800):
+                atexit.register(_release_db, db)  # also for runs that never use redis_client
                 return db
     except redis.RedisError:
         pass  # no Redis: the fixtures report it (and fail under CI=true)
