@@ -9,9 +9,19 @@ from __future__ import annotations
 import pytest
 
 from flexitasks.breaker import machine
-from flexitasks.breaker.machine import BreakerRecord, decide
+from flexitasks.breaker.machine import (
+    OPERATIONS,
+    Admit,
+    BreakerRecord,
+    CoolDown,
+    Force,
+    Operation,
+    ProbeResult,
+    RecordFailure,
+    RecordSuccess,
+)
 from flexitasks.breaker.memory_store import MemoryBreakerStore
-from flexitasks.breaker.store import BreakerPolicy, BreakerState
+from flexitasks.breaker.store import BreakerPolicy, BreakerSnapshot, BreakerState
 
 S = BreakerState
 POLICY = BreakerPolicy(
@@ -28,7 +38,7 @@ T0 = 1000.0
 
 
 def rec(state: BreakerState = S.CLOSED, **kw: object) -> BreakerRecord:
-    return BreakerRecord(provider="p", state=state, **kw)  # type: ignore[arg-type]
+    return BreakerRecord(BreakerSnapshot(provider="p", state=state, **kw))  # type: ignore[arg-type]
 
 
 def opened(now: float = T0, reopen_count: int = 0) -> BreakerRecord:
@@ -67,8 +77,8 @@ def test_interval_doubles_caps_and_jitter_only_shortens() -> None:
 
 def test_failures_below_threshold_publish_failure_event() -> None:
     r = rec()
-    d = decide(r, "record_failure", T0, POLICY, 0.0)
-    assert not d.transitioned and r.state is S.CLOSED
+    d = RecordFailure().apply(r, POLICY, T0, 0.0)
+    assert not d.transitioned and r.snap.state is S.CLOSED
     assert d.event == {
         "v": 1, "type": "failure", "provider": "p", "generation": 0, "failures": 1, "calls": 1, "at": T0
     }
@@ -76,108 +86,109 @@ def test_failures_below_threshold_publish_failure_event() -> None:
 
 def test_threshold_opens_once_with_interval_zero() -> None:
     r = rec()
-    decide(r, "record_failure", T0, POLICY, 0.0)
-    decide(r, "record_failure", T0 + 1, POLICY, 0.0)
-    d = decide(r, "record_failure", T0 + 2, POLICY, 0.5)
+    RecordFailure().apply(r, POLICY, T0, 0.0)
+    RecordFailure().apply(r, POLICY, T0 + 1, 0.0)
+    d = RecordFailure().apply(r, POLICY, T0 + 2, 0.5)
     assert d.transitioned and d.previous is S.CLOSED
-    assert r.state is S.OPEN and r.generation == 1 and r.reopen_count == 0 and r.reason == "threshold"
-    assert r.open_until == T0 + 2 + 10.0 * (1 - 0.1 * 0.5)
+    assert (r.snap.state, r.snap.generation, r.snap.reopen_count, r.snap.reason) == (S.OPEN, 1, 0, "threshold")
+    assert r.snap.open_until == T0 + 2 + 10.0 * (1 - 0.1 * 0.5)
     assert d.event is not None and d.event["type"] == "transition" and d.event["state"] == "open"
     assert d.event["previous"] == "closed" and d.event["generation"] == 1 and d.event["probe_owner"] is None
     # further failures while OPEN change nothing and publish nothing
-    before = (r.generation, dict(r.buckets))
-    d2 = decide(r, "record_failure", T0 + 3, POLICY, 0.0)
-    assert not d2.transitioned and d2.event is None and (r.generation, r.buckets) == before
+    before = (r.snap.generation, dict(r.buckets))
+    d2 = RecordFailure().apply(r, POLICY, T0 + 3, 0.0)
+    assert not d2.transitioned and d2.event is None and (r.snap.generation, r.buckets) == before
 
 
 def test_rate_threshold_holds_breaker_closed_with_many_successes() -> None:
     r = rec()
     for i in range(5):
-        d = decide(r, "record_failure", T0 + i, POLICY, 0.0, successes=2)
+        d = RecordFailure(2).apply(r, POLICY, T0 + i, 0.0)
         assert not d.transitioned
     assert machine.window_counts(r, T0 + 5) == (5, 15)
-    assert r.state is S.CLOSED
-    d = decide(r, "record_failure", T0 + 6, POLICY, 0.0)
+    assert r.snap.state is S.CLOSED
+    d = RecordFailure().apply(r, POLICY, T0 + 6, 0.0)
     assert machine.window_counts(r, T0 + 6) == (6, 16)
     assert not d.transitioned
     r2 = rec()
-    decide(r2, "record_failure", T0, POLICY, 0.0, successes=1)
-    decide(r2, "record_failure", T0, POLICY, 0.0, successes=1)
-    d = decide(r2, "record_failure", T0, POLICY, 0.0, successes=1)  # 3/6 == 0.5: the rate is inclusive
+    RecordFailure(1).apply(r2, POLICY, T0, 0.0)
+    RecordFailure(1).apply(r2, POLICY, T0, 0.0)
+    d = RecordFailure(1).apply(r2, POLICY, T0, 0.0)  # 3/6 == 0.5: the rate is inclusive
     assert d.transitioned
 
 
 def test_window_forgets_old_failures() -> None:
     r = rec()
-    decide(r, "record_failure", T0, POLICY, 0.0)
-    decide(r, "record_failure", T0 + 0.5, POLICY, 0.0)
+    RecordFailure().apply(r, POLICY, T0, 0.0)
+    RecordFailure().apply(r, POLICY, T0 + 0.5, 0.0)
     assert machine.window_counts(r, T0 + 59) == (2, 2)
     assert machine.window_counts(r, T0 + 60) == (0, 0)  # bucket width 1 s: gone at t+window
-    d = decide(r, "record_failure", T0 + 61, POLICY, 0.0)
+    d = RecordFailure().apply(r, POLICY, T0 + 61, 0.0)
     assert not d.transitioned and machine.window_counts(r, T0 + 61) == (1, 1)
     assert list(r.buckets) == [1061]  # old buckets pruned on write
 
 
 def test_policy_with_other_window_starts_fresh_window() -> None:
     r = rec()
-    decide(r, "record_failure", T0, POLICY, 0.0)
+    RecordFailure().apply(r, POLICY, T0, 0.0)
     other = BreakerPolicy(failure_threshold=3, window=30.0)
-    decide(r, "record_failure", T0, other, 0.0)
+    RecordFailure().apply(r, other, T0, 0.0)
     assert r.window_length == 30.0 and machine.window_counts(r, T0) == (1, 1)
 
 
 @pytest.mark.parametrize("state", [S.OPEN, S.HALF_OPEN, S.FORCED_OPEN, S.DISABLED])
 def test_failures_and_successes_ignored_outside_closed(state: BreakerState) -> None:
     r = rec(state, probe_owner="a" if state is S.HALF_OPEN else None)
-    for op in ("record_failure", "record_success"):
-        d = decide(r, op, T0, POLICY, 0.0, successes=1)
+    for op in (RecordFailure(1), RecordSuccess(1)):
+        d = op.apply(r, POLICY, T0, 0.0)
         assert not d.transitioned and d.event is None
-    assert r.buckets == {} and r.state is state and r.generation == 0
+    assert r.buckets == {} and r.snap.state is state and r.snap.generation == 0
 
 
 def test_record_success_counts_calls_only() -> None:
     r = rec()
-    d = decide(r, "record_success", T0, POLICY, successes=4)
+    d = RecordSuccess(4).apply(r, POLICY, T0, 0.0)
     assert not d.transitioned and d.event is None and machine.window_counts(r, T0) == (0, 4)
 
 
-# ---------------------------------------------------------------- acquire_probe
+# ---------------------------------------------------------------- admit
 
 
 def test_open_before_open_until_denies_probe() -> None:
     r = opened(now=T0 + 5)
-    d = decide(r, "acquire_probe", T0, POLICY, owner="a")
-    assert not d.granted and not d.transitioned and r.state is S.OPEN
+    d = Admit("a").apply(r, POLICY, T0, 0.0)
+    assert not d.granted and not d.transitioned and r.snap.state is S.OPEN
 
 
 def test_open_elapsed_goes_half_open_with_token() -> None:
     r = opened(now=T0)
-    d = decide(r, "acquire_probe", T0, POLICY, owner="a")  # now == open_until counts as elapsed
+    d = Admit("a").apply(r, POLICY, T0, 0.0)  # now == open_until counts as elapsed
     assert d.granted and d.transitioned and d.previous is S.OPEN
-    assert r.state is S.HALF_OPEN and r.generation == 2 and r.reason == "recovery_elapsed"
-    assert r.probe_owner == "a" and r.probe_until == T0 + 30 and r.probe_successes == 0
+    assert r.snap.state is S.HALF_OPEN and r.snap.generation == 2 and r.snap.reason == "recovery_elapsed"
+    assert r.snap.probe_owner == "a" and r.snap.probe_until == T0 + 30 and r.snap.probe_successes == 0
     assert d.event is not None and d.event["probe_owner"] == "a" and d.event["probe_until"] == T0 + 30
-    d2 = decide(r, "acquire_probe", T0 + 1, POLICY, owner="b")
+    d2 = Admit("b").apply(r, POLICY, T0 + 1, 0.0)
     assert not d2.granted and not d2.transitioned
-    d3 = decide(r, "acquire_probe", T0 + 1, POLICY, owner="a")
-    assert d3.granted and not d3.transitioned and r.probe_until == T0 + 30  # holder: no extension
+    d3 = Admit("a").apply(r, POLICY, T0 + 1, 0.0)
+    assert d3.granted and not d3.transitioned and r.snap.probe_until == T0 + 30  # holder: no extension
 
 
 def test_half_open_expired_or_free_token_is_regranted_without_transition() -> None:
     r = half_open(owner="a", until=T0 + 30, successes=1)
-    d = decide(r, "acquire_probe", T0 + 30, POLICY, owner="b")
+    d = Admit("b").apply(r, POLICY, T0 + 30, 0.0)
     assert d.granted and not d.transitioned and d.event is None
-    assert r.probe_owner == "b" and r.probe_until == T0 + 60 and r.generation == 2 and r.probe_successes == 1
+    snap = r.snap
+    assert (snap.probe_owner, snap.probe_until, snap.generation, snap.probe_successes) == ("b", T0 + 60, 2, 1)
     r2 = half_open(owner=None, until=0.0)
-    d2 = decide(r2, "acquire_probe", T0, POLICY, owner="c")
-    assert d2.granted and r2.probe_owner == "c"
+    d2 = Admit("c").apply(r2, POLICY, T0, 0.0)
+    assert d2.granted and r2.snap.probe_owner == "c"
 
 
 @pytest.mark.parametrize(("state", "granted"), [(S.CLOSED, True), (S.DISABLED, True), (S.FORCED_OPEN, False)])
-def test_acquire_probe_in_other_states(state: BreakerState, granted: bool) -> None:
+def test_admit_in_other_states(state: BreakerState, granted: bool) -> None:
     r = rec(state)
-    d = decide(r, "acquire_probe", T0, POLICY, owner="a")
-    assert d.granted is granted and not d.transitioned and r.probe_owner is None and r.state is state
+    d = Admit("a").apply(r, POLICY, T0, 0.0)
+    assert d.granted is granted and not d.transitioned and r.snap.probe_owner is None and r.snap.state is state
 
 
 # ---------------------------------------------------------------- probe_result
@@ -185,40 +196,40 @@ def test_acquire_probe_in_other_states(state: BreakerState, granted: bool) -> No
 
 def test_probe_success_below_threshold_releases_token() -> None:
     r = half_open()
-    d = decide(r, "probe_result", T0, POLICY, 0.0, owner="a", ok=True)
+    d = ProbeResult("a", True).apply(r, POLICY, T0, 0.0)
     assert not d.transitioned and d.event is None
-    assert r.state is S.HALF_OPEN and r.probe_successes == 1 and r.probe_owner is None
+    assert r.snap.state is S.HALF_OPEN and r.snap.probe_successes == 1 and r.snap.probe_owner is None
 
 
 def test_probe_successes_reaching_threshold_close_and_reset() -> None:
     r = half_open(successes=1, reopen=3)
     r.window_length, r.buckets = 60.0, {16: [4, 4]}
-    d = decide(r, "probe_result", T0, POLICY, 0.0, owner="a", ok=True)
+    d = ProbeResult("a", True).apply(r, POLICY, T0, 0.0)
     assert d.transitioned and d.previous is S.HALF_OPEN
-    assert r.state is S.CLOSED and r.reason == "probe_succeeded" and r.generation == 3
-    assert r.reopen_count == 0 and r.buckets == {} and r.probe_owner is None and r.probe_successes == 0
+    assert r.snap.state is S.CLOSED and r.snap.reason == "probe_succeeded" and r.snap.generation == 3
+    assert r.snap.reopen_count == 0 and r.buckets == {} and r.snap.probe_owner is None and r.snap.probe_successes == 0
 
 
 def test_probe_failure_reopens_with_doubled_interval() -> None:
     r = half_open(reopen=1)
-    d = decide(r, "probe_result", T0, POLICY, 0.25, owner="a", ok=False)
-    assert d.transitioned and r.state is S.OPEN and r.reason == "probe_failed"
-    assert r.reopen_count == 2 and r.open_until == T0 + 40.0 * (1 - 0.1 * 0.25)
-    assert r.probe_owner is None and r.probe_until == 0.0
+    d = ProbeResult("a", False).apply(r, POLICY, T0, 0.25)
+    assert d.transitioned and r.snap.state is S.OPEN and r.snap.reason == "probe_failed"
+    assert r.snap.reopen_count == 2 and r.snap.open_until == T0 + 40.0 * (1 - 0.1 * 0.25)
+    assert r.snap.probe_owner is None and r.snap.probe_until == 0.0
 
 
 @pytest.mark.parametrize(("owner", "now"), [("b", T0), ("a", T0 + 30), ("a", T0 + 100)])
 def test_stale_or_foreign_probe_result_changes_nothing(owner: str, now: float) -> None:
     for ok in (True, False):
         r = half_open(owner="a", until=T0 + 30)
-        d = decide(r, "probe_result", now, POLICY, 0.0, owner=owner, ok=ok)
+        d = ProbeResult(owner, ok).apply(r, POLICY, now, 0.0)
         assert not d.transitioned and d.event is None
         assert r == half_open(owner="a", until=T0 + 30)
 
 
 def test_probe_result_outside_half_open_changes_nothing() -> None:
     r = opened()
-    d = decide(r, "probe_result", T0, POLICY, 0.0, owner="a", ok=False)
+    d = ProbeResult("a", False).apply(r, POLICY, T0, 0.0)
     assert not d.transitioned and r == opened()
 
 
@@ -228,24 +239,24 @@ def test_probe_result_outside_half_open_changes_nothing() -> None:
 @pytest.mark.parametrize("state", [S.CLOSED, S.HALF_OPEN])
 def test_cool_down_opens_keeping_reopen_count(state: BreakerState) -> None:
     r = half_open(reopen=2) if state is S.HALF_OPEN else rec()
-    d = decide(r, "cool_down", T0, POLICY, seconds=7.5)
-    assert d.transitioned and d.previous is state and r.state is S.OPEN and r.reason == "retry_after"
-    assert r.open_until == T0 + 7.5 and r.probe_owner is None
-    assert r.reopen_count == (2 if state is S.HALF_OPEN else 0)
+    d = CoolDown(7.5).apply(r, POLICY, T0, 0.0)
+    assert d.transitioned and d.previous is state and r.snap.state is S.OPEN and r.snap.reason == "retry_after"
+    assert r.snap.open_until == T0 + 7.5 and r.snap.probe_owner is None
+    assert r.snap.reopen_count == (2 if state is S.HALF_OPEN else 0)
 
 
 def test_cool_down_in_open_only_extends() -> None:
     r = opened(now=T0 + 20)
-    d = decide(r, "cool_down", T0, POLICY, seconds=5)
-    assert not d.transitioned and d.event is None and r.open_until == T0 + 20
-    d = decide(r, "cool_down", T0, POLICY, seconds=25)
-    assert not d.transitioned and d.event is None and r.open_until == T0 + 25 and r.generation == 1
+    d = CoolDown(5).apply(r, POLICY, T0, 0.0)
+    assert not d.transitioned and d.event is None and r.snap.open_until == T0 + 20
+    d = CoolDown(25).apply(r, POLICY, T0, 0.0)
+    assert not d.transitioned and d.event is None and r.snap.open_until == T0 + 25 and r.snap.generation == 1
 
 
 @pytest.mark.parametrize("state", [S.FORCED_OPEN, S.DISABLED])
 def test_cool_down_ignored_for_operator_states(state: BreakerState) -> None:
     r = rec(state)
-    assert not decide(r, "cool_down", T0, POLICY, seconds=5).transitioned
+    assert not CoolDown(5).apply(r, POLICY, T0, 0.0).transitioned
     assert r == rec(state)
 
 
@@ -254,17 +265,18 @@ def test_cool_down_ignored_for_operator_states(state: BreakerState) -> None:
 
 def test_force_transitions_only_on_change_and_clears() -> None:
     r = half_open(reopen=2)
-    d = decide(r, "force", T0, POLICY, target=S.FORCED_OPEN)
-    assert d.transitioned and r.state is S.FORCED_OPEN and r.reason == "operator" and r.probe_owner is None
-    assert r.reopen_count == 2
-    assert not decide(r, "force", T0, POLICY, target=S.FORCED_OPEN).transitioned
-    d = decide(r, "force", T0, POLICY, target="closed")
-    assert d.transitioned and r.state is S.CLOSED and r.reopen_count == 0
-    decide(r, "record_failure", T0, POLICY, 0.0)
-    gen = r.generation
-    d = decide(r, "force", T0, POLICY, target=S.CLOSED)  # already closed: clears window, no transition
-    assert not d.transitioned and d.event is None and r.buckets == {} and r.generation == gen
-    d = decide(r, "force", T0, POLICY, target=S.DISABLED)
+    d = Force(S.FORCED_OPEN).apply(r, POLICY, T0, 0.0)
+    assert d.transitioned
+    assert (r.snap.state, r.snap.reason, r.snap.probe_owner) == (S.FORCED_OPEN, "operator", None)
+    assert r.snap.reopen_count == 2
+    assert not Force(S.FORCED_OPEN).apply(r, POLICY, T0, 0.0).transitioned
+    d = Force("closed").apply(r, POLICY, T0, 0.0)
+    assert d.transitioned and r.snap.state is S.CLOSED and r.snap.reopen_count == 0
+    RecordFailure().apply(r, POLICY, T0, 0.0)
+    gen = r.snap.generation
+    d = Force(S.CLOSED).apply(r, POLICY, T0, 0.0)  # already closed: clears window, no transition
+    assert not d.transitioned and d.event is None and r.buckets == {} and r.snap.generation == gen
+    d = Force(S.DISABLED).apply(r, POLICY, T0, 0.0)
     assert d.transitioned and d.event is not None and d.event["reason"] == "operator"
 
 
@@ -272,24 +284,35 @@ def test_force_transitions_only_on_change_and_clears() -> None:
 
 
 @pytest.mark.parametrize(
-    ("op", "kwargs"),
+    "op",
     [
-        ("bogus", {}),
-        ("record_failure", {"successes": -1}),
-        ("record_success", {"successes": 1.5}),
-        ("acquire_probe", {"owner": ""}),
-        ("probe_result", {"owner": "a", "ok": None}),
-        ("cool_down", {"seconds": float("inf")}),
-        ("cool_down", {"seconds": -1}),
-        ("force", {"target": S.OPEN}),
-        ("force", {"target": "nope"}),
+        RecordFailure(-1),
+        RecordSuccess(1.5),  # type: ignore[arg-type]
+        Admit(""),
+        ProbeResult("a", None),  # type: ignore[arg-type]
+        CoolDown(float("inf")),
+        CoolDown(-1),
+        Force(S.OPEN),
+        Force("nope"),  # type: ignore[arg-type]
     ],
+    ids=repr,
 )
-def test_bad_calls_raise_value_error_without_mutating(op: str, kwargs: dict[str, object]) -> None:
-    r = rec()
+def test_bad_operations_are_rejected_by_their_own_check(op: Operation) -> None:
     with pytest.raises(ValueError):
-        decide(r, op, T0, POLICY, 0.0, **kwargs)  # type: ignore[arg-type]
-    assert r == rec()
+        op.validate()
+
+
+def test_every_store_operation_is_an_object_with_its_script_name() -> None:
+    assert [op.name for op in OPERATIONS] == [
+        "record_failure", "record_success", "admit", "probe_result", "cool_down", "force"
+    ]
+    assert {op.name for op in OPERATIONS if op.draws_jitter} == {"record_failure", "probe_result"}
+
+
+@pytest.mark.parametrize(("now", "rand"), [(float("nan"), 0.0), (T0, 1.0), (T0, -0.1)])
+def test_a_bad_time_or_jitter_draw_is_rejected(now: float, rand: float) -> None:
+    with pytest.raises(ValueError):
+        machine.validate_call(POLICY, now, rand)
 
 
 def test_bad_policy_raises() -> None:
@@ -311,7 +334,7 @@ def test_memory_store_publishes_and_uses_its_clock() -> None:
     assert res.transitioned and res.snapshot.open_until == T0 + 10 and res.snapshot.now == T0
     assert [e["type"] for e in events] == ["transition"]
     t[0] += 10
-    assert store.acquire_probe("p", policy, "w1").granted
+    assert store.admit("p", policy, "w1").granted
     assert store.snapshot(["p", "q"])["q"].state is S.CLOSED
     assert [e["state"] for e in events] == ["open", "half_open"]
 

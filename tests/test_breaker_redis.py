@@ -25,10 +25,17 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from flexitasks.breaker import (
+    Admit,
     BreakerPolicy,
+    BreakerSnapshot,
     BreakerState,
     BreakerStoreError,
+    CoolDown,
+    Force,
     InvalidBreakerOperation,
+    Operation,
+    ProbeResult,
+    RecordFailure,
     RedisBreakerStore,
     StoreResult,
 )
@@ -156,7 +163,7 @@ def test_exactly_one_winner_at_every_transition(env: Env) -> None:
         # 2. Recovery elapsed: 50 workers ask for the probe, one gets it (and the transition).
         time.sleep(max(0.0, win.snapshot.open_until - env.store().snapshot(["p"])["p"].now) + 0.05)
         sub.events.clear()
-        results = race(env, lambda s, i: s.acquire_probe("p", policy, f"worker-{i}"))
+        results = race(env, lambda s, i: s.admit("p", policy, f"worker-{i}"))
         granted = [r for r in results if r.granted]
         assert len(granted) == 1 and granted[0].transitioned
         assert sum(r.transitioned for r in results) == 1
@@ -170,7 +177,7 @@ def test_exactly_one_winner_at_every_transition(env: Env) -> None:
         released = store.probe_result("p", policy, holder, ok=True)
         assert not released.transitioned and released.snapshot.probe_owner is None
         sub.events.clear()
-        results = race(env, lambda s, i: s.acquire_probe("p", policy, f"second-{i}"))
+        results = race(env, lambda s, i: s.admit("p", policy, f"second-{i}"))
         granted = [r for r in results if r.granted]
         assert len(granted) == 1 and not any(r.transitioned for r in results)
         assert sub.collect(lambda ev: False, timeout=0.0) == []
@@ -213,7 +220,7 @@ def test_keys_are_prefixed_and_all_expire(env: Env) -> None:
     store.record_success("a", policy, successes=2)
     store.record_failure("b", policy)
     store.record_failure("b", policy)  # opens b: state hash written
-    store.acquire_probe("b", policy, "w1")
+    store.admit("b", policy, "w1")
     store.probe_result("b", policy, "w1", ok=False)
     store.cool_down("c", policy, 3.0)
     store.force("d", policy, BreakerState.FORCED_OPEN)
@@ -274,23 +281,27 @@ def test_cool_down_in_open_extends_silently(env: Env) -> None:
 
 
 @pytest.mark.parametrize(
-    ("op", "kwargs"),
+    "op",
     [
-        ("explode", {}),
-        ("record_failure", {"successes": -1}),
-        ("acquire_probe", {"owner": ""}),
-        ("probe_result", {"owner": "w", "ok": "yes"}),
-        ("cool_down", {"seconds": float("nan")}),
-        ("force", {"target": BreakerState.OPEN}),
+        RecordFailure(-1),
+        Admit(""),
+        ProbeResult("w", "yes"),  # type: ignore[arg-type]
+        CoolDown(float("nan")),
+        Force(BreakerState.OPEN),
     ],
+    ids=repr,
 )
-def test_malformed_calls_raise_value_error_before_redis(env: Env, op: str, kwargs: dict[str, Any]) -> None:
+def test_malformed_calls_raise_value_error_before_redis(env: Env, op: Operation) -> None:
     store = env.store()
     with pytest.raises(InvalidBreakerOperation) as info:
-        store._run(op, "p", BreakerPolicy(), **kwargs)
+        store.run("p", BreakerPolicy(), op)
     assert isinstance(info.value, ValueError) and not isinstance(info.value, redis.RedisError)
-    assert op in str(info.value) and info.value.op == op and info.value.provider == "p"
+    assert op.name in str(info.value) and info.value.op == op.name and info.value.provider == "p"
     assert list(env.client.scan_iter(match=f"{env.prefix}*")) == []
+
+
+def test_the_scripts_reply_lists_the_snapshots_fields_in_order(env: Env) -> None:
+    assert env.store().reply_fields() == list(BreakerSnapshot.REPLY_FIELDS)
 
 
 @pytest.mark.parametrize(
@@ -298,7 +309,7 @@ def test_malformed_calls_raise_value_error_before_redis(env: Env, op: str, kwarg
     [
         ["explode"],
         ["record_failure", "not-a-time", "0.5"],
-        ["acquire_probe", "", "0.0", "p", "ch", "5", "0.5", "60.0", "10.0", "60.0", "1", "0.1", "30.0", ""],
+        ["admit", "", "0.0", "p", "ch", "5", "0.5", "60.0", "10.0", "60.0", "1", "0.1", "30.0", ""],
     ],
 )
 def test_script_guards_its_own_arguments(env: Env, argv: list[str]) -> None:

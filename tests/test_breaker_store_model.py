@@ -15,7 +15,7 @@ import random
 import time
 import uuid
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, ClassVar
 
 import pytest
 import redis
@@ -31,7 +31,20 @@ from hypothesis.stateful import (
     run_state_machine_as_test,
 )
 
-from flexitasks.breaker import BreakerPolicy, BreakerState, MemoryBreakerStore, RedisBreakerStore
+from flexitasks.breaker import (
+    OPERATIONS,
+    Admit,
+    BreakerPolicy,
+    BreakerState,
+    CoolDown,
+    Force,
+    MemoryBreakerStore,
+    Operation,
+    ProbeResult,
+    RecordFailure,
+    RecordSuccess,
+    RedisBreakerStore,
+)
 
 RUN_PREFIX = f"flexitasks-test-{uuid.uuid4().hex[:12]}"
 PROVIDERS = ("p1", "p2")
@@ -68,6 +81,7 @@ class BreakerModel(RuleBasedStateMachine):
     """Redis store vs memory store, same ops, same clock, same jitter seed."""
 
     client: redis.Redis  # set by the test before running
+    applied: ClassVar[set[str]] = set()  # names of the operations the run has compared
 
     def __init__(self) -> None:
         super().__init__()
@@ -90,10 +104,11 @@ class BreakerModel(RuleBasedStateMachine):
 
     # ------------------------------------------------------------ helpers
 
-    def apply(self, op: str, provider: str, **kwargs: Any) -> None:
-        r = getattr(self.redis, op)(provider, self.policy, **kwargs)
-        m = getattr(self.memory, op)(provider, self.policy, **kwargs)
-        assert r.snapshot == m.snapshot, f"{op}({provider}, {kwargs})"
+    def apply(self, op: Operation, provider: str) -> None:
+        BreakerModel.applied.add(op.name)
+        r = self.redis.run(provider, self.policy, op)
+        m = self.memory.run(provider, self.policy, op)
+        assert r.snapshot == m.snapshot, f"{op} on {provider}"
         assert (r.transitioned, r.granted, r.previous) == (m.transitioned, m.granted, m.previous), op
         if r.transitioned:
             assert r.snapshot.generation == m.snapshot.generation
@@ -109,27 +124,27 @@ class BreakerModel(RuleBasedStateMachine):
 
     @rule(provider=st.sampled_from(PROVIDERS), successes=st.integers(0, 3))
     def record_failure(self, provider: str, successes: int) -> None:
-        self.apply("record_failure", provider, successes=successes)
+        self.apply(RecordFailure(successes), provider)
 
     @rule(provider=st.sampled_from(PROVIDERS))
     def trip(self, provider: str) -> None:
         """Enough failures in a row to open a CLOSED breaker (reach deep states sooner)."""
         for _ in range(self.policy.failure_threshold):
-            self.apply("record_failure", provider)
+            self.apply(RecordFailure(), provider)
 
     @rule(provider=st.sampled_from(PROVIDERS), owner=st.sampled_from(OWNERS))
     def wait_and_probe(self, provider: str, owner: str) -> None:
         """Sleep until the breaker may be probed, then ask for the probe."""
         self.t = max(self.t, self.model(provider).open_until)
-        self.apply("acquire_probe", provider, owner=owner)
+        self.apply(Admit(owner), provider)
 
     @rule(provider=st.sampled_from(PROVIDERS), successes=st.integers(0, 3))
     def record_success(self, provider: str, successes: int) -> None:
-        self.apply("record_success", provider, successes=successes)
+        self.apply(RecordSuccess(successes), provider)
 
     @rule(provider=st.sampled_from(PROVIDERS), owner=st.sampled_from(OWNERS))
-    def acquire_probe(self, provider: str, owner: str) -> None:
-        self.apply("acquire_probe", provider, owner=owner)
+    def admit(self, provider: str, owner: str) -> None:
+        self.apply(Admit(owner), provider)
 
     def probing(self) -> list[str]:
         return [p for p in PROVIDERS if self.model(p).probe_owner is not None]
@@ -138,7 +153,7 @@ class BreakerModel(RuleBasedStateMachine):
     @rule(data=st.data(), ok=st.booleans())
     def probe_result_by_holder(self, data: st.DataObject, ok: bool) -> None:
         provider = data.draw(st.sampled_from(self.probing()))
-        self.apply("probe_result", provider, owner=self.model(provider).probe_owner, ok=ok)
+        self.apply(ProbeResult(self.model(provider).probe_owner or "", ok), provider)
 
     @precondition(lambda self: self.probing())
     @rule(data=st.data(), ok=st.booleans())
@@ -147,7 +162,7 @@ class BreakerModel(RuleBasedStateMachine):
         provider = data.draw(st.sampled_from(self.probing()))
         snap = self.model(provider)
         self.t = max(self.t, snap.probe_until)
-        self.apply("probe_result", provider, owner=snap.probe_owner, ok=ok)
+        self.apply(ProbeResult(snap.probe_owner or "", ok), provider)
 
     @rule(
         provider=st.sampled_from(PROVIDERS),
@@ -159,26 +174,26 @@ class BreakerModel(RuleBasedStateMachine):
         through the exponential intervals to the cap (or successes add up to close)."""
         for ok in outcomes:
             self.t = max(self.t, self.model(provider).open_until)
-            self.apply("acquire_probe", provider, owner=owner)
-            self.apply("probe_result", provider, owner=owner, ok=ok)
+            self.apply(Admit(owner), provider)
+            self.apply(ProbeResult(owner, ok), provider)
 
     @rule(provider=st.sampled_from(PROVIDERS), owner=st.sampled_from(OWNERS), ok=st.booleans())
     def probe_result_by_anyone(self, provider: str, owner: str, ok: bool) -> None:
-        self.apply("probe_result", provider, owner=owner, ok=ok)
+        self.apply(ProbeResult(owner, ok), provider)
 
     @rule(
         provider=st.sampled_from(PROVIDERS),
         seconds=st.one_of(st.sampled_from([0.0, 1.0, 5.0, 30.0]), st.floats(0, 120, allow_nan=False)),
     )
     def cool_down(self, provider: str, seconds: float) -> None:
-        self.apply("cool_down", provider, seconds=seconds)
+        self.apply(CoolDown(seconds), provider)
 
     @rule(
         provider=st.sampled_from(PROVIDERS),
         state=st.sampled_from([BreakerState.FORCED_OPEN, BreakerState.DISABLED, BreakerState.CLOSED]),
     )
     def force(self, provider: str, state: BreakerState) -> None:
-        self.apply("force", provider, state=state)
+        self.apply(Force(state), provider)
 
     @rule(dt=st.one_of(st.sampled_from([0.0, 1.0, 5.0, 10.0, 30.0, 60.0, 70.0]), st.floats(0, 70)))
     def advance(self, dt: float) -> None:
@@ -221,6 +236,7 @@ class BreakerModel(RuleBasedStateMachine):
 
 def test_redis_store_matches_memory_model(redis_client: redis.Redis) -> None:
     BreakerModel.client = redis_client
+    BreakerModel.applied = set()
     run_state_machine_as_test(
         BreakerModel,
         settings=settings(
@@ -231,3 +247,4 @@ def test_redis_store_matches_memory_model(redis_client: redis.Redis) -> None:
             suppress_health_check=[HealthCheck.too_slow],
         ),
     )
+    assert BreakerModel.applied == {op.name for op in OPERATIONS}  # every operation was compared

@@ -7,12 +7,11 @@ which decisions needed the store.
 
 from __future__ import annotations
 
-from typing import Any
-
 from flexitasks.breaker.gate import FleetGate
+from flexitasks.breaker.machine import Operation
 from flexitasks.breaker.memory_store import MemoryBreakerStore
 from flexitasks.breaker.mirror import Mirror
-from flexitasks.breaker.store import BreakerPolicy, BreakerState
+from flexitasks.breaker.store import BreakerPolicy, BreakerState, StoreResult
 from flexitasks.failures import FailureKind, ProviderFailure
 
 POLICY = BreakerPolicy(failure_threshold=5, failure_rate_threshold=0.5, window=60.0, recovery_timeout=10.0)
@@ -25,9 +24,9 @@ class CountingStore(MemoryBreakerStore):
         super().__init__(clock=lambda: self.now)
         self.ops: list[str] = []
 
-    def _run(self, op: str, provider: str, policy: BreakerPolicy, **kwargs: Any):  # type: ignore[override]
-        self.ops.append(op)
-        return super()._run(op, provider, policy, **kwargs)
+    def run(self, provider: str, policy: BreakerPolicy, op: Operation) -> StoreResult:
+        self.ops.append(op.name)
+        return super().run(provider, policy, op)
 
 
 def make_gate(store: CountingStore) -> FleetGate:
@@ -68,14 +67,14 @@ def test_a_failing_provider_is_admitted_by_the_store():
     gate = make_gate(store)
     for _ in range(4):
         gate.failed(gate.admit("p"), BOOM)
-    assert store.ops.count("acquire_probe") == 3  # after the first failure, every admission asks
+    assert store.ops.count("admit") == 3  # after the first failure, every admission asks
     assert gate.mirror.get("p").snapshot.state is BreakerState.CLOSED
     store.ops.clear()
     # another process's failure opens it; this process has not heard yet
     store.record_failure("p", POLICY)
     assert gate.mirror.get("p").snapshot.state is BreakerState.CLOSED
     assert gate.admit("p") is None
-    assert store.ops[-1] == "acquire_probe"
+    assert store.ops[-1] == "admit"
 
 
 def test_a_bad_request_never_counts():

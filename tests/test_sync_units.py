@@ -15,9 +15,9 @@ from conftest import KEY_PREFIX
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from flexitasks.breaker.events import FailureEvent, InvalidEvent, TransitionEvent, parse_event
 from flexitasks.breaker.mirror import Mirror
 from flexitasks.breaker.redis_store import RedisBreakerStore
+from flexitasks.breaker.schema import FailureEvent, InvalidEvent, TransitionEvent, parse_event
 from flexitasks.breaker.store import BreakerPolicy, BreakerSnapshot, BreakerState
 
 
@@ -138,7 +138,7 @@ def test_every_event_the_lua_publishes_parses(redis_client: redis.Redis):
         store.record_failure("p", policy)  # a failure event
         store.record_failure("p", policy)  # closed -> open
         time.sleep(0.06)
-        store.acquire_probe("p", policy, owner="unit")  # open -> half_open
+        store.admit("p", policy, owner="unit")  # open -> half_open
         store.probe_result("p", policy, owner="unit", ok=True)  # half_open -> closed
         store.force("p", policy, BreakerState.FORCED_OPEN)
         events = []

@@ -8,7 +8,16 @@ Nothing here knows about Celery, HTTP, the router, the sync thread or providers'
 (pyproject's import contracts check it).
 """
 
-from flexitasks.breaker.machine import decide
+from flexitasks.breaker.machine import (
+    OPERATIONS,
+    Admit,
+    CoolDown,
+    Force,
+    Operation,
+    ProbeResult,
+    RecordFailure,
+    RecordSuccess,
+)
 from flexitasks.breaker.memory_store import MemoryBreakerStore
 from flexitasks.breaker.redis_store import BreakerStoreError, InvalidBreakerOperation, RedisBreakerStore
 from flexitasks.breaker.store import (
@@ -20,14 +29,21 @@ from flexitasks.breaker.store import (
 )
 
 __all__ = [
+    "OPERATIONS",
+    "Admit",
     "BreakerPolicy",
     "BreakerSnapshot",
     "BreakerState",
     "BreakerStore",
     "BreakerStoreError",
+    "CoolDown",
+    "Force",
     "InvalidBreakerOperation",
     "MemoryBreakerStore",
+    "Operation",
+    "ProbeResult",
+    "RecordFailure",
+    "RecordSuccess",
     "RedisBreakerStore",
     "StoreResult",
-    "decide",
 ]

@@ -101,10 +101,10 @@ class FleetGate:
 
     def _admit_by_store(self, provider: str) -> Permit | None:
         policy = self.policies[provider]
-        result = self._call(lambda s: s.acquire_probe(provider, policy, self.owner))
+        result = self._call(lambda s: s.admit(provider, policy, self.owner))
         if not result.granted:
             return None
-        return Permit(provider, probe=result.snapshot.state is BreakerState.HALF_OPEN)
+        return Permit(provider, probe=result.holds_probe(self.owner))
 
     def succeeded(self, permit: Permit) -> None:
         name = permit.provider

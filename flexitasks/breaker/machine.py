@@ -1,11 +1,14 @@
-"""The breaker's transition rules, as pure functions on a mutable record.
+"""The breaker's transition rules: one frozen operation object per store operation.
 
-This module owns *what* each store operation does: given one provider's record, the
-store time ``now``, the policy and a jitter draw ``rand``, it mutates the record and
-says whether a transition happened, whether a probe was granted and which event (if
-any) must be published. It does no I/O, reads no clock and draws no random numbers,
-so the memory store is a thin locked wrapper over it and ``transition.lua`` can be
-tested step for step against it. It knows nothing of Redis, Celery, HTTP or SDKs.
+This module owns *what* each store operation does. An operation (``RecordFailure``,
+``RecordSuccess``, ``Admit``, ``ProbeResult``, ``CoolDown``, ``Force``) carries its
+arguments, checks them (``validate``), applies its rule to one provider's record at
+the store time ``now`` with a jitter draw ``rand`` (``apply``: mutates the record, says
+whether a transition happened, whether the call is admitted and which event to
+publish) and spells its arguments for the Lua script (``script_args``). No I/O, no
+clock, no random draws: the memory store is a thin locked wrapper over it and
+``transition.lua`` is tested step for step against it. Knows nothing of Redis, Celery,
+HTTP or SDKs.
 
 ``transition.lua`` is a line-by-line port of these rules: change both together (the
 model test in ``tests/test_breaker_store_model.py`` fails when they disagree).
@@ -20,49 +23,35 @@ keeps the window length its buckets were counted with: a policy with another
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, ClassVar
 
-from flexitasks.breaker.store import BreakerPolicy, BreakerSnapshot, BreakerState
+from flexitasks.breaker.schema import BreakerSnapshot, BreakerState
 
 __all__ = [
     "BUCKETS",
+    "OPERATIONS",
     "OPERATOR_STATES",
-    "OPS",
-    "RAND_OPS",
+    "Admit",
+    "BreakerPolicy",
     "BreakerRecord",
+    "CoolDown",
     "Decision",
-    "Op",
-    "acquire_probe",
+    "Force",
+    "Operation",
+    "ProbeResult",
+    "RecordFailure",
+    "RecordSuccess",
     "bucket_of",
-    "check_args",
-    "cool_down",
-    "decide",
-    "force",
     "interval",
-    "probe_result",
-    "record_failure",
-    "record_success",
     "snapshot_of",
     "validate_policy",
     "window_counts",
 ]
 
-Op = Literal["record_failure", "record_success", "acquire_probe", "probe_result", "cool_down", "force"]
-OPS: tuple[str, ...] = (
-    "record_failure",
-    "record_success",
-    "acquire_probe",
-    "probe_result",
-    "cool_down",
-    "force",
-)
-# Operations that may compute an open interval and so consume exactly one jitter draw
-# per call (whether or not it is used): both stores draw for these and only these, so
-# two stores seeded alike stay in step.
-RAND_OPS: frozenset[str] = frozenset({"record_failure", "probe_result"})
 OPERATOR_STATES: frozenset[BreakerState] = frozenset(
     {BreakerState.FORCED_OPEN, BreakerState.DISABLED, BreakerState.CLOSED}
 )
@@ -72,21 +61,35 @@ BUCKETS = 60
 _EXPONENT_CAP = 1000
 
 
+@dataclass(frozen=True)
+class BreakerPolicy:
+    """Thresholds of one provider's breaker (built from config ``[breaker]``)."""
+
+    failure_threshold: int = 5
+    failure_rate_threshold: float = 0.5
+    window: float = 60.0
+    recovery_timeout: float = 10.0
+    max_recovery_timeout: float = 60.0
+    success_threshold: int = 1
+    jitter: float = 0.1  # open interval is shortened by up to this fraction
+    probe_ttl: float = 30.0  # lifetime of the half-open probe token (>= provider timeout)
+
+
 @dataclass
 class BreakerRecord:
-    """Everything a store keeps for one provider (the Redis hash + window, in memory)."""
+    """Everything a store keeps for one provider: the persisted part of the snapshot
+    (its ``failures``/``calls``/``now`` are filled in when read) and the window."""
 
-    provider: str
-    state: BreakerState = BreakerState.CLOSED
-    generation: int = 0
-    open_until: float = 0.0
-    reopen_count: int = 0
-    probe_owner: str | None = None
-    probe_until: float = 0.0
-    probe_successes: int = 0
-    reason: str = ""
+    snap: BreakerSnapshot
     window_length: float = 0.0  # the policy window the buckets were counted with; 0: empty
     buckets: dict[int, list[int]] = field(default_factory=dict)  # index -> [failures, calls]
+
+    @classmethod
+    def new(cls, provider: str) -> BreakerRecord:
+        return cls(BreakerSnapshot(provider=provider))
+
+    def set(self, **changes: Any) -> None:
+        self.snap = dataclasses.replace(self.snap, **changes)
 
 
 @dataclass(frozen=True)
@@ -112,6 +115,11 @@ def _int(name: str, value: object, minimum: int) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
         raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
     return value
+
+
+def _owner(owner: object) -> None:
+    if not isinstance(owner, str) or not owner:
+        raise ValueError(f"owner must be a non-empty str, got {owner!r}")
 
 
 @functools.lru_cache(maxsize=128)
@@ -140,46 +148,12 @@ def validate_policy(policy: BreakerPolicy) -> BreakerPolicy:
     return policy
 
 
-def check_args(
-    op: str,
-    *,
-    successes: int = 0,
-    owner: str | None = None,
-    ok: bool | None = None,
-    seconds: float | None = None,
-    target: BreakerState | str | None = None,
-) -> dict[str, object]:
-    """Validate and normalise one operation's arguments; return only those it uses.
-
-    The Redis store calls this before building ARGV so a malformed call is a Python
-    ``ValueError`` naming the argument, never a script error.
-    """
-    if op not in OPS:
-        raise ValueError(f"unknown breaker operation {op!r} (expected one of {', '.join(OPS)})")
-    if op in ("record_failure", "record_success"):
-        return {"successes": _int("successes", successes, 0)}
-    if op in ("acquire_probe", "probe_result"):
-        if not isinstance(owner, str) or not owner:
-            raise ValueError(f"owner must be a non-empty str, got {owner!r}")
-        if op == "acquire_probe":
-            return {"owner": owner}
-        if not isinstance(ok, bool):
-            raise ValueError(f"ok must be a bool, got {ok!r}")
-        return {"owner": owner, "ok": ok}
-    if op == "cool_down":
-        s = _finite("seconds", seconds)
-        if s < 0:
-            raise ValueError(f"seconds must be >= 0, got {seconds!r}")
-        return {"seconds": s}
-    # force
-    try:
-        state = BreakerState(target)
-    except ValueError:
-        raise ValueError(f"force target must be a BreakerState, got {target!r}") from None
-    if state not in OPERATOR_STATES:
-        allowed = ", ".join(sorted(s.value for s in OPERATOR_STATES))
-        raise ValueError(f"force target must be one of {allowed}, got {state.value!r}")
-    return {"target": state}
+def validate_call(policy: BreakerPolicy, now: object, rand: object) -> float:
+    """The parts of a call every operation shares: policy, store time, jitter draw."""
+    validate_policy(policy)
+    if isinstance(rand, bool) or not isinstance(rand, (int, float)) or not 0.0 <= rand < 1.0:
+        raise ValueError(f"rand must be in [0, 1), got {rand!r}")
+    return _finite("now", now)
 
 
 # ---------------------------------------------------------------- helpers
@@ -229,186 +203,222 @@ def _window_clear(record: BreakerRecord) -> None:
     record.window_length = 0.0
 
 
-def _clear_token(record: BreakerRecord) -> None:
-    record.probe_owner = None
-    record.probe_until = 0.0
-    record.probe_successes = 0
+_NO_TOKEN: dict[str, Any] = {"probe_owner": None, "probe_until": 0.0, "probe_successes": 0}
 
 
 def snapshot_of(record: BreakerRecord, now: float) -> BreakerSnapshot:
     failures, calls = window_counts(record, now)
-    return BreakerSnapshot(
-        provider=record.provider,
-        state=record.state,
-        generation=record.generation,
-        open_until=record.open_until,
-        reopen_count=record.reopen_count,
-        probe_owner=record.probe_owner,
-        probe_until=record.probe_until,
-        probe_successes=record.probe_successes,
-        failures=failures,
-        calls=calls,
-        reason=record.reason,
-        now=now,
-    )
+    return dataclasses.replace(record.snap, failures=failures, calls=calls, now=now)
 
 
 def _transition(
     record: BreakerRecord, to: BreakerState, reason: str, now: float, *, granted: bool = False
 ) -> Decision:
     """Move to ``to``, bump generation, and build the single event announcing it."""
-    previous = record.state
-    record.state = to
-    record.generation += 1
-    record.reason = reason
-    event: dict[str, object] = {
-        "v": 1,
-        "type": "transition",
-        "provider": record.provider,
-        "state": to.value,
-        "previous": previous.value,
-        "generation": record.generation,
-        "open_until": record.open_until,
-        "probe_until": record.probe_until,
-        "probe_owner": record.probe_owner,
-        "reason": reason,
-        "at": now,
-    }
+    previous = record.snap.state
+    record.set(state=to, generation=record.snap.generation + 1, reason=reason)
+    event = snapshot_of(record, now).to_event(previous)
     return Decision(transitioned=True, previous=previous, granted=granted, event=event)
 
 
 # ---------------------------------------------------------------- operations
 
 
-def record_failure(
-    record: BreakerRecord, policy: BreakerPolicy, now: float, rand: float, successes: int = 0
-) -> Decision:
-    if record.state is not BreakerState.CLOSED:
-        return Decision()
-    _window_add(record, policy, now, 1, 1 + successes)
-    failures, calls = window_counts(record, now)
-    if failures >= policy.failure_threshold and failures / calls >= policy.failure_rate_threshold:
-        record.reopen_count = 0
-        record.open_until = now + interval(policy, 0, rand)
-        _clear_token(record)
-        return _transition(record, BreakerState.OPEN, "threshold", now)
-    if failures > 1:
-        return Decision()  # only the first failure of a window is news to the fleet (see events.py)
-    return Decision(
-        event={
-            "v": 1,
-            "type": "failure",
-            "provider": record.provider,
-            "generation": record.generation,
-            "failures": failures,
-            "calls": calls,
-            "at": now,
-        }
-    )
+@dataclass(frozen=True)
+class Operation:
+    """One store operation: its arguments, their check, its rule, its script arguments."""
+
+    name: ClassVar[str]
+    draws_jitter: ClassVar[bool] = False
+    """Operations that may compute an open interval consume exactly one jitter draw per
+    call (whether or not it is used): both stores draw for these and only these, so two
+    stores seeded alike stay in step."""
+
+    def validate(self) -> None:
+        """Raise ``ValueError`` naming the bad argument (before anything is touched)."""
+
+    def apply(self, record: BreakerRecord, policy: BreakerPolicy, now: float, rand: float) -> Decision:
+        raise NotImplementedError
+
+    def script_args(self) -> tuple[str, str]:
+        """ARGV[14], ARGV[15] of ``transition.lua`` ('' when unused)."""
+        raise NotImplementedError
 
 
-def record_success(record: BreakerRecord, policy: BreakerPolicy, now: float, successes: int = 1) -> Decision:
-    if record.state is BreakerState.CLOSED:
-        _window_add(record, policy, now, 0, successes)
-    return Decision()
+@dataclass(frozen=True)
+class RecordFailure(Operation):
+    """Count a provider failure (plus ``successes`` not yet reported) in the window;
+    CLOSED -> OPEN when failures >= threshold and failures/calls >= rate threshold.
+    In any other state the window is not changed. Only the first failure of a window is
+    published (news to the fleet, see ``FailureEvent``)."""
 
+    successes: int = 0
+    name: ClassVar[str] = "record_failure"
+    draws_jitter: ClassVar[bool] = True
 
-def acquire_probe(record: BreakerRecord, policy: BreakerPolicy, now: float, owner: str) -> Decision:
-    state = record.state
-    if state in (BreakerState.CLOSED, BreakerState.DISABLED):
-        return Decision(granted=True)
-    if state is BreakerState.OPEN:
-        if now < record.open_until:
+    def validate(self) -> None:
+        _int("successes", self.successes, 0)
+
+    def apply(self, record: BreakerRecord, policy: BreakerPolicy, now: float, rand: float) -> Decision:
+        if record.snap.state is not BreakerState.CLOSED:
             return Decision()
-        record.probe_owner = owner
-        record.probe_until = now + policy.probe_ttl
-        record.probe_successes = 0
-        return _transition(record, BreakerState.HALF_OPEN, "recovery_elapsed", now, granted=True)
-    if state is BreakerState.HALF_OPEN:
-        if record.probe_owner is None or now >= record.probe_until:
-            record.probe_owner = owner
-            record.probe_until = now + policy.probe_ttl
+        _window_add(record, policy, now, 1, 1 + self.successes)
+        failures, calls = window_counts(record, now)
+        if failures >= policy.failure_threshold and failures / calls >= policy.failure_rate_threshold:
+            record.set(reopen_count=0, open_until=now + interval(policy, 0, rand), **_NO_TOKEN)
+            return _transition(record, BreakerState.OPEN, "threshold", now)
+        if failures > 1:
+            return Decision()
+        return Decision(event=snapshot_of(record, now).to_failure_event())
+
+    def script_args(self) -> tuple[str, str]:
+        return str(self.successes), ""
+
+
+@dataclass(frozen=True)
+class RecordSuccess(Operation):
+    """Report successes in CLOSED (only needed while the window holds failures)."""
+
+    successes: int = 1
+    name: ClassVar[str] = "record_success"
+
+    def validate(self) -> None:
+        _int("successes", self.successes, 0)
+
+    def apply(self, record: BreakerRecord, policy: BreakerPolicy, now: float, rand: float) -> Decision:
+        if record.snap.state is BreakerState.CLOSED:
+            _window_add(record, policy, now, 0, self.successes)
+        return Decision()
+
+    def script_args(self) -> tuple[str, str]:
+        return str(self.successes), ""
+
+
+@dataclass(frozen=True)
+class Admit(Operation):
+    """May ``owner``'s call go now? CLOSED, DISABLED: yes (no token: nothing to probe).
+    OPEN past ``open_until``: -> HALF_OPEN with the probe token to ``owner`` (granted,
+    transitioned). HALF_OPEN with a free or expired token: the token to ``owner``
+    (granted, no transition); held by ``owner``: granted. Otherwise not granted.
+    ``owner`` names one call (one permit), so one probe means one call."""
+
+    owner: str
+    name: ClassVar[str] = "admit"
+
+    def validate(self) -> None:
+        _owner(self.owner)
+
+    def apply(self, record: BreakerRecord, policy: BreakerPolicy, now: float, rand: float) -> Decision:
+        s = record.snap
+        if s.state in (BreakerState.CLOSED, BreakerState.DISABLED):
             return Decision(granted=True)
-        return Decision(granted=record.probe_owner == owner)
-    return Decision()  # FORCED_OPEN
+        if s.state is BreakerState.OPEN:
+            if now < s.open_until:
+                return Decision()
+            record.set(probe_owner=self.owner, probe_until=now + policy.probe_ttl, probe_successes=0)
+            return _transition(record, BreakerState.HALF_OPEN, "recovery_elapsed", now, granted=True)
+        if s.state is BreakerState.HALF_OPEN:
+            if s.probe_owner is None or now >= s.probe_until:
+                record.set(probe_owner=self.owner, probe_until=now + policy.probe_ttl)
+                return Decision(granted=True)
+            return Decision(granted=s.probe_owner == self.owner)
+        return Decision()  # FORCED_OPEN
+
+    def script_args(self) -> tuple[str, str]:
+        return self.owner, ""
 
 
-def probe_result(
-    record: BreakerRecord, policy: BreakerPolicy, now: float, rand: float, owner: str, ok: bool
-) -> Decision:
-    if record.state is not BreakerState.HALF_OPEN or record.probe_owner != owner or now >= record.probe_until:
-        return Decision()
-    if ok:
-        record.probe_successes += 1
-        if record.probe_successes < policy.success_threshold:
-            record.probe_owner = None  # release: the next probe may go
-            record.probe_until = 0.0
+@dataclass(frozen=True)
+class ProbeResult(Operation):
+    """Only the token owner may report. ok: probe_successes+1, CLOSED when it reaches
+    success_threshold (window cleared, reopen_count 0), else the token is released for
+    the next probe. Not ok: OPEN again with reopen_count+1 and the open interval
+    min(recovery*2**reopen_count, max) shortened by jitter. A stale owner (token expired
+    or taken) changes nothing."""
+
+    owner: str
+    ok: bool
+    name: ClassVar[str] = "probe_result"
+    draws_jitter: ClassVar[bool] = True
+
+    def validate(self) -> None:
+        _owner(self.owner)
+        if not isinstance(self.ok, bool):
+            raise ValueError(f"ok must be a bool, got {self.ok!r}")
+
+    def apply(self, record: BreakerRecord, policy: BreakerPolicy, now: float, rand: float) -> Decision:
+        s = record.snap
+        if s.state is not BreakerState.HALF_OPEN or s.probe_owner != self.owner or now >= s.probe_until:
             return Decision()
-        _clear_token(record)
+        if not self.ok:
+            reopen = s.reopen_count + 1
+            record.set(reopen_count=reopen, open_until=now + interval(policy, reopen, rand), **_NO_TOKEN)
+            return _transition(record, BreakerState.OPEN, "probe_failed", now)
+        if s.probe_successes + 1 < policy.success_threshold:
+            record.set(probe_successes=s.probe_successes + 1, probe_owner=None, probe_until=0.0)
+            return Decision()
+        record.set(reopen_count=0, **_NO_TOKEN)
         _window_clear(record)
-        record.reopen_count = 0
         return _transition(record, BreakerState.CLOSED, "probe_succeeded", now)
-    record.reopen_count += 1
-    record.open_until = now + interval(policy, record.reopen_count, rand)
-    _clear_token(record)
-    return _transition(record, BreakerState.OPEN, "probe_failed", now)
+
+    def script_args(self) -> tuple[str, str]:
+        return self.owner, "1" if self.ok else "0"
 
 
-def cool_down(record: BreakerRecord, policy: BreakerPolicy, now: float, seconds: float) -> Decision:
-    state = record.state
-    until = now + seconds
-    if state in (BreakerState.CLOSED, BreakerState.HALF_OPEN):
-        record.open_until = until
-        _clear_token(record)
-        return _transition(record, BreakerState.OPEN, "retry_after", now)
-    if state is BreakerState.OPEN:
-        record.open_until = max(record.open_until, until)
-    return Decision()
+@dataclass(frozen=True)
+class CoolDown(Operation):
+    """The provider asked us to back off (Retry-After): OPEN until now+seconds (never
+    shortening an existing open_until), reason "retry_after", reopen_count kept."""
 
+    seconds: float
+    name: ClassVar[str] = "cool_down"
 
-def force(record: BreakerRecord, policy: BreakerPolicy, now: float, target: BreakerState) -> Decision:
-    if target not in OPERATOR_STATES:
-        raise ValueError(f"force target must be an operator state, got {target!r}")
-    _clear_token(record)
-    if target is BreakerState.CLOSED:
-        _window_clear(record)
-        record.reopen_count = 0
-    if record.state is target:
+    def validate(self) -> None:
+        if _finite("seconds", self.seconds) < 0:
+            raise ValueError(f"seconds must be >= 0, got {self.seconds!r}")
+
+    def apply(self, record: BreakerRecord, policy: BreakerPolicy, now: float, rand: float) -> Decision:
+        s = record.snap
+        until = now + self.seconds
+        if s.state in (BreakerState.CLOSED, BreakerState.HALF_OPEN):
+            record.set(open_until=until, **_NO_TOKEN)
+            return _transition(record, BreakerState.OPEN, "retry_after", now)
+        if s.state is BreakerState.OPEN and until > s.open_until:
+            record.set(open_until=until)
         return Decision()
-    return _transition(record, target, "operator", now)
+
+    def script_args(self) -> tuple[str, str]:
+        return repr(float(self.seconds)), ""
 
 
-def decide(
-    record: BreakerRecord,
-    op: str,
-    now: float,
-    policy: BreakerPolicy,
-    rand: float = 0.0,
-    *,
-    successes: int = 0,
-    owner: str | None = None,
-    ok: bool | None = None,
-    seconds: float | None = None,
-    target: BreakerState | str | None = None,
-) -> Decision:
-    """Apply operation ``op`` to ``record`` at store time ``now``: the one entry point.
+@dataclass(frozen=True)
+class Force(Operation):
+    """Operator: FORCED_OPEN, DISABLED, or CLOSED (reset: window, token and reopen_count cleared)."""
 
-    ``rand`` is the jitter draw in [0, 1) (used by the ops in ``RAND_OPS``). Raises
-    ``ValueError`` for an unknown op, a bad argument or a bad policy, before mutating.
-    """
-    validate_policy(policy)
-    args = check_args(op, successes=successes, owner=owner, ok=ok, seconds=seconds, target=target)
-    now = _finite("now", now)
-    if not 0.0 <= rand < 1.0:
-        raise ValueError(f"rand must be in [0, 1), got {rand!r}")
-    if op == "record_failure":
-        return record_failure(record, policy, now, rand, args["successes"])  # type: ignore[arg-type]
-    if op == "record_success":
-        return record_success(record, policy, now, args["successes"])  # type: ignore[arg-type]
-    if op == "acquire_probe":
-        return acquire_probe(record, policy, now, args["owner"])  # type: ignore[arg-type]
-    if op == "probe_result":
-        return probe_result(record, policy, now, rand, args["owner"], args["ok"])  # type: ignore[arg-type]
-    if op == "cool_down":
-        return cool_down(record, policy, now, args["seconds"])  # type: ignore[arg-type]
-    return force(record, policy, now, args["target"])  # type: ignore[arg-type]
+    target: BreakerState
+    name: ClassVar[str] = "force"
+
+    def validate(self) -> None:
+        try:
+            state = BreakerState(self.target)
+        except ValueError:
+            raise ValueError(f"force target must be a BreakerState, got {self.target!r}") from None
+        if state not in OPERATOR_STATES:
+            allowed = ", ".join(sorted(s.value for s in OPERATOR_STATES))
+            raise ValueError(f"force target must be one of {allowed}, got {state.value!r}")
+
+    def apply(self, record: BreakerRecord, policy: BreakerPolicy, now: float, rand: float) -> Decision:
+        target = BreakerState(self.target)
+        record.set(**_NO_TOKEN)
+        if target is BreakerState.CLOSED:
+            _window_clear(record)
+            record.set(reopen_count=0)
+        if record.snap.state is target:
+            return Decision()
+        return _transition(record, target, "operator", now)
+
+    def script_args(self) -> tuple[str, str]:
+        return BreakerState(self.target).value, ""
+
+
+OPERATIONS: tuple[type[Operation], ...] = (RecordFailure, RecordSuccess, Admit, ProbeResult, CoolDown, Force)

@@ -1,8 +1,8 @@
 """In-process breaker store: the degraded mode when Redis is unreachable, and the
 reference model the Lua script is tested against.
 
-This module owns only the locking, the clock read and the jitter draw around
-``machine.decide``; the rules are in ``machine.py``. State is local to this process
+This module owns only the locking, the clock read and the jitter draw around an
+operation's ``apply``; the rules are in ``machine.py``. State is local to this process
 (no other worker sees it), so it must not be mistaken for the fleet's authority. It
 knows nothing of Redis, Celery, HTTP or SDKs.
 """
@@ -65,17 +65,17 @@ class MemoryBreakerStore(OperationStore):
         if not isinstance(provider, str) or not provider:
             raise ValueError(f"provider must be a non-empty str, got {provider!r}")
         record = self._records.get(provider)
-        return record if record is not None else machine.BreakerRecord(provider=provider)
+        return record if record is not None else machine.BreakerRecord.new(provider)
 
-    def _run(self, op: str, provider: str, policy: BreakerPolicy, **kwargs: Any) -> StoreResult:
+    def run(self, provider: str, policy: BreakerPolicy, op: machine.Operation) -> StoreResult:
         with self._lock:
             record = self._record(provider)
             # Validate before the draw so a bad call does not shift the jitter sequence.
             machine.validate_policy(policy)
-            machine.check_args(op, **kwargs)
+            op.validate()
             now = self._now()
-            rand = self._rng.random() if op in machine.RAND_OPS else 0.0
-            decision = machine.decide(record, op, now, policy, rand, **kwargs)
+            rand = self._rng.random() if op.draws_jitter else 0.0
+            decision = op.apply(record, policy, now, rand)
             self._records[provider] = record
             result = StoreResult(
                 snapshot=machine.snapshot_of(record, now),

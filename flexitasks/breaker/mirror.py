@@ -9,16 +9,15 @@ snapshot. Thread-safe; no I/O.
 
 from __future__ import annotations
 
-import dataclasses
 import threading
 import time
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 
-from flexitasks.breaker.events import FailureEvent, TransitionEvent
-from flexitasks.breaker.store import BreakerSnapshot, BreakerState
+from flexitasks.breaker.schema import BreakerSnapshot, BreakerState, FailureEvent, TransitionEvent
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclass(frozen=True)
 class View:
     """What this process believes about one provider, and when it learned it."""
 
@@ -87,25 +86,12 @@ class Mirror:
             if isinstance(event, FailureEvent):
                 if event.generation < old.snapshot.generation:
                     return False
-                snap = dataclasses.replace(old.snapshot, failures=event.failures, calls=event.calls)
-                self._views[event.provider] = View(snap, old.applied_at, event.at)
-                return True
+                self._views[event.provider] = View(old.snapshot.after_event(event), old.applied_at, event.at)
+                return True  # counts only: no state change to tell listeners about
             if event.generation <= old.snapshot.generation:
                 return False
-            snap = dataclasses.replace(
-                old.snapshot,
-                state=event.state,
-                generation=event.generation,
-                open_until=event.open_until,
-                probe_until=event.probe_until,
-                probe_owner=event.probe_owner,
-                reason=event.reason,
-                failures=0 if event.state is BreakerState.CLOSED else old.snapshot.failures,
-                calls=0 if event.state is BreakerState.CLOSED else old.snapshot.calls,
-                now=event.at,
-            )
             seen = 0.0 if event.state is BreakerState.CLOSED else old.failures_seen_at
-            self._views[event.provider] = View(snap, self.now(), seen)
+            self._views[event.provider] = View(old.snapshot.after_event(event), self.now(), seen)
         self._notify([event.provider])
         return True
 

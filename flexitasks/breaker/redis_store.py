@@ -30,7 +30,8 @@ from typing import Any
 import redis
 
 from flexitasks.breaker import machine
-from flexitasks.breaker.store import BreakerPolicy, BreakerSnapshot, BreakerState, OperationStore, StoreResult
+from flexitasks.breaker.schema import BreakerSnapshot, BreakerState
+from flexitasks.breaker.store import BreakerPolicy, OperationStore, StoreResult
 from flexitasks.errors import FlexitasksError
 
 __all__ = ["BreakerStoreError", "InvalidBreakerOperation", "RedisBreakerStore"]
@@ -76,31 +77,13 @@ def _policy_argv(policy: BreakerPolicy) -> tuple[str, ...]:
     )
 
 
-def _text(value: Any) -> str:
-    return value.decode("utf-8") if isinstance(value, bytes) else str(value)
-
-
 def _decode(provider: str, row: Sequence[Any]) -> StoreResult:
-    """Turn the script's flat reply (see transition.lua's header) into a StoreResult."""
-    (granted, transitioned, previous, state, generation, open_until, reopen_count, owner,
-     probe_until, probe_successes, failures, calls, reason, now) = row
-    previous_s, owner_s = _text(previous), _text(owner)
-    snapshot = BreakerSnapshot(
-        provider=provider,
-        state=BreakerState(_text(state)),
-        generation=int(generation),
-        open_until=float(_text(open_until)),
-        reopen_count=int(reopen_count),
-        probe_owner=owner_s or None,
-        probe_until=float(_text(probe_until)),
-        probe_successes=int(probe_successes),
-        failures=int(failures),
-        calls=int(calls),
-        reason=_text(reason),
-        now=float(_text(now)),
-    )
+    """The script's flat reply: granted, transitioned, previous, then the snapshot's
+    ``REPLY_FIELDS`` (transition.lua's ``REPLY``)."""
+    granted, transitioned, previous, *fields = row
+    previous_s = previous.decode("utf-8") if isinstance(previous, bytes) else str(previous)
     return StoreResult(
-        snapshot=snapshot,
+        snapshot=BreakerSnapshot.from_reply(provider, fields),
         transitioned=bool(int(transitioned)),
         previous=BreakerState(previous_s) if previous_s else None,
         granted=bool(int(granted)),
@@ -112,7 +95,7 @@ class RedisBreakerStore(OperationStore):
 
     ``clock`` replaces Redis ``TIME`` (tests only: every process of a fleet must use
     the same clock, which only Redis ``TIME`` gives). ``rng`` draws the jitter: one
-    draw per ``record_failure``/``probe_result`` call, sent in ARGV.
+    draw per call of an operation that ``draws_jitter``, sent in ARGV.
     """
 
     def __init__(
@@ -187,40 +170,33 @@ class RedisBreakerStore(OperationStore):
             raise ValueError(f"clock returned {now!r}")
         return repr(now)
 
-    def _run(self, op: str, provider: str, policy: BreakerPolicy, **kwargs: Any) -> StoreResult:
+    def run(self, provider: str, policy: BreakerPolicy, op: machine.Operation) -> StoreResult:
         """Validate in Python (a bad call is a ValueError here, not a script error), then EVALSHA."""
         try:
             self._check_provider(provider)
             machine.validate_policy(policy)
-            args = machine.check_args(op, **kwargs)
+            op.validate()
             now = self._now_arg()
         except (ValueError, TypeError) as exc:
             raise InvalidBreakerOperation(
-                f"breaker {op} for provider {provider!r}: {exc}", op=op, provider=provider
+                f"breaker {op.name} for provider {provider!r}: {exc}", op=op.name, provider=provider
             ) from None
-        rand = self._rng.random() if op in machine.RAND_OPS else 0.0
-        a1: str
-        a2 = ""
-        if op in ("record_failure", "record_success"):
-            a1 = str(args["successes"])
-        elif op == "acquire_probe":
-            a1 = str(args["owner"])
-        elif op == "probe_result":
-            a1, a2 = str(args["owner"]), "1" if args["ok"] else "0"
-        elif op == "cool_down":
-            a1 = repr(args["seconds"])
-        else:
-            a1 = BreakerState(args["target"]).value
-        argv = [op, now, repr(rand), provider, self._channel, *_policy_argv(policy), a1, a2]
-        row = self._eval(op, provider, [self.state_key(provider), self.window_key(provider)], argv)
+        rand = self._rng.random() if op.draws_jitter else 0.0
+        argv = [op.name, now, repr(rand), provider, self._channel, *_policy_argv(policy), *op.script_args()]
+        row = self._eval(op.name, provider, [self.state_key(provider), self.window_key(provider)], argv)
         try:
             return _decode(provider, row)
         except (ValueError, TypeError) as exc:
             raise BreakerStoreError(
-                f"breaker {op} for provider {provider!r}: unreadable reply from Redis: {exc}",
-                op=op,
+                f"breaker {op.name} for provider {provider!r}: unreadable reply from Redis: {exc}",
+                op=op.name,
                 provider=provider,
             ) from exc
+
+    def reply_fields(self) -> list[str]:
+        """The names of the script's reply fields, in order (checked against the schema)."""
+        rows = self._eval("fields", "", [], ["fields"])
+        return [r.decode("utf-8") if isinstance(r, bytes) else str(r) for r in rows]
 
     def _eval(self, op: str, provider: str, keys: list[str], argv: list[str]) -> Any:
         """EVALSHA the script; every Redis error leaves as a BreakerStoreError."""

@@ -1,29 +1,34 @@
 -- flexitasks breaker: every store operation as one atomic read-decide-write-publish.
 --
--- A port of flexitasks/breaker/machine.py (the rules live there; change both together,
--- tests/test_breaker_store_model.py compares them step by step). Loaded once by
+-- A port of flexitasks/breaker/machine.py (the rules live there, one operation object
+-- each; change both together, tests/test_breaker_store_model.py compares them step by
+-- step). Loaded once by
 -- redis_store.py with SCRIPT LOAD / EVALSHA. Nothing else writes these keys.
 --
 -- Operations (ARGV[1]):
---   record_failure | record_success | acquire_probe | probe_result | cool_down | force
+--   record_failure | record_success | admit | probe_result | cool_down | force
 --     KEYS[1] state hash, KEYS[2] window hash
 --     ARGV: op, now ('' = Redis TIME), rand, provider, channel,
 --           failure_threshold, failure_rate_threshold, window, recovery_timeout,
 --           max_recovery_timeout, success_threshold, jitter, probe_ttl, a1, a2
---     a1/a2: record_*: successes | acquire_probe: owner | probe_result: owner, '1'/'0'
---            cool_down: seconds | force: target state
+--     a1/a2: the operation's script_args(): record_*: successes | admit: owner |
+--            probe_result: owner, '1'/'0' | cool_down: seconds | force: target state
 --   snapshot
 --     KEYS: state1, window1, state2, window2, ...; ARGV: op, now; writes nothing.
--- Reply (per provider for snapshot): granted, transitioned, previous, state, generation,
---   open_until, reopen_count, probe_owner, probe_until, probe_successes, failures, calls,
---   reason, now. Floats are strings (a Lua number reply would be truncated to an
---   integer); '' stands for "none".
+--   fields
+--     the names in REPLY (tests check them against BreakerSnapshot.REPLY_FIELDS).
+-- Reply (per provider for snapshot): granted, transitioned, previous, then REPLY's
+--   fields in its order. Floats are strings (a Lua number reply would be truncated to
+--   an integer); '' stands for "none".
 
 local STATE_TTL = 86400
 local BUCKETS = 60
 local EXPONENT_CAP = 1000
+-- The persisted part of the state (the hash), and the reply: BreakerSnapshot's fields.
 local FIELDS = {'state', 'generation', 'open_until', 'reopen_count', 'probe_owner',
                 'probe_until', 'probe_successes', 'reason'}
+local REPLY = {'state', 'generation', 'open_until', 'reopen_count', 'probe_owner',
+               'probe_until', 'probe_successes', 'failures', 'calls', 'reason', 'now'}
 
 -- Shortest decimal that reads back as exactly x: stored and published times must
 -- compare equal to the Python model, and Lua's own tostring keeps only 14 digits.
@@ -159,12 +164,18 @@ end
 
 local function reply(s, w, now, granted, transitioned, previous)
   local f, c = window_counts(w, now)
-  return {granted and 1 or 0, transitioned and 1 or 0, previous or '', s.state, s.generation,
-          fmt(s.open_until), s.reopen_count, s.probe_owner, fmt(s.probe_until),
-          s.probe_successes, f, c, s.reason, fmt(now)}
+  local v = {state = s.state, generation = s.generation, open_until = fmt(s.open_until),
+             reopen_count = s.reopen_count, probe_owner = s.probe_owner,
+             probe_until = fmt(s.probe_until), probe_successes = s.probe_successes,
+             failures = f, calls = c, reason = s.reason, now = fmt(now)}
+  local out = {granted and 1 or 0, transitioned and 1 or 0, previous or ''}
+  for _, name in ipairs(REPLY) do out[#out + 1] = v[name] end
+  return out
 end
 
 local op = ARGV[1]
+
+if op == 'fields' then return REPLY end
 
 if op == 'snapshot' then
   local now = clock(ARGV[2])
@@ -176,7 +187,7 @@ if op == 'snapshot' then
   return out
 end
 
-local OPS = {record_failure = true, record_success = true, acquire_probe = true,
+local OPS = {record_failure = true, record_success = true, admit = true,
              probe_result = true, cool_down = true, force = true}
 if not OPS[op] then
   return redis.error_reply('BREAKER_BADARG unknown operation ' .. string.format('%q', tostring(op)))
@@ -257,9 +268,9 @@ if op == 'record_failure' or op == 'record_success' then
     end
   end
 
-elseif op == 'acquire_probe' then
+elseif op == 'admit' then
   local owner = a1
-  if owner == nil or owner == '' then return redis.error_reply('BREAKER_BADARG acquire_probe: empty owner') end
+  if owner == nil or owner == '' then return redis.error_reply('BREAKER_BADARG admit: empty owner') end
   if s.state == 'closed' or s.state == 'disabled' then
     granted = true
   elseif s.state == 'open' then

@@ -23,8 +23,8 @@ from typing import Any
 
 import redis
 
-from flexitasks.breaker.events import InvalidEvent, parse_event
 from flexitasks.breaker.mirror import Mirror, View
+from flexitasks.breaker.schema import InvalidEvent, parse_event
 from flexitasks.breaker.store import BreakerStore
 
 log = logging.getLogger(__name__)
@@ -171,7 +171,7 @@ class Subscriber:
             "role": self.role,
             "applied_at": max((v.applied_at for v in views.values()), default=0.0),
             "invalid_events": self.invalid_events,
-            "breakers": {name: _brief(v) for name, v in views.items()},
+            "breakers": {name: v.snapshot.to_view(v.applied_at) for name, v in views.items()},
         }
 
     def heartbeat(self) -> None:
@@ -187,7 +187,3 @@ class Subscriber:
         if self._view_due is None:
             self._view_due = time.monotonic() + random.uniform(*VIEW_WRITE_DELAY)
 
-
-def _brief(view: View) -> dict[str, Any]:
-    s = view.snapshot
-    return {"state": s.state.value, "generation": s.generation, "applied_at": view.applied_at}
