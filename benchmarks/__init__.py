@@ -1,9 +1,8 @@
 """Benchmarks of flexitasks' fleet-wide circuit breakers against pybreaker (issue 3).
 
 Run ``python -m benchmarks.run [--quick] [--only NAME]``. Importing this package writes
-the benchmark's flexitasks config and points ``FLEXITASKS_CONFIG`` at it, because
-flexitasks reads its settings once, at import: any module of this package may then
-import flexitasks. The config has two OpenAI-kind fake providers on free ports
+the benchmark's flexitasks config (``benchmarks.common`` loads it into ``settings``). The
+config has two OpenAI-kind fake providers on free ports
 (``primary``, ``secondary``), the product's default ``[breaker]`` thresholds, a Redis DB
 (``FLEXITASKS_BENCH_REDIS``, default DB 5) and a key prefix of this run's own. A child
 process inherits the same file through ``FLEXITASKS_BENCH_CONFIG``, so it never
@@ -13,20 +12,15 @@ re-generates ports or prefixes.
 from __future__ import annotations
 
 import os
-import socket
 import tempfile
 import tomllib
 import uuid
 from pathlib import Path
 
+from flexitasks.harness import free_port
+
 API_KEY_ENV = "FLEXITASKS_BENCH_KEY"
 PRIMARY, SECONDARY = "primary", "secondary"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _write_config() -> Path:
@@ -42,7 +36,7 @@ kind = "openai"
 model = "gpt-4o-mini"
 priority = {priority}
 api_key_env = "{API_KEY_ENV}"
-base_url = "http://127.0.0.1:{_free_port()}/v1"
+base_url = "http://127.0.0.1:{free_port()}/v1"
 timeout = 10.0
 connect_timeout = 1.0
 first_token_timeout = 5.0
@@ -89,7 +83,6 @@ def _config_path() -> Path:
 
 CONFIG_PATH = _config_path()
 LOG_FILE = CONFIG_PATH.parent / "benchmarks.log"  # log records of every process of the run
-os.environ["FLEXITASKS_CONFIG"] = str(CONFIG_PATH)
 os.environ.setdefault(API_KEY_ENV, "sk-bench-" + uuid.uuid4().hex[:8])
 for _var in ("FLEXITASKS_BROKER_URL", "FLEXITASKS_RESULT_BACKEND"):
     os.environ.pop(_var, None)

@@ -23,9 +23,14 @@ from typing import Any
 
 import redis
 
-from benchmarks import BASE_URLS, KEY_PREFIX, PRIMARY, REDIS_URL, SECONDARY
-from flexitasks.celery_app import settings as settings  # re-exported: the one place that knows where
-from flexitasks.fake_provider import FakeProviderAdmin  # flexitasks keeps its (once-loaded) settings
+from benchmarks import BASE_URLS, CONFIG_PATH, KEY_PREFIX, PRIMARY, REDIS_URL, SECONDARY
+from flexitasks.config import load_settings
+from flexitasks.fake_provider import FakeProviderAdmin
+from flexitasks.runtime import ProcessRuntime, Runtime
+
+settings = load_settings(CONFIG_PATH)
+"""The benchmark's settings (its own file, plus ``FLEXITASKS_REDIS_URL`` in cost.py's child)."""
+_runtime = ProcessRuntime(lambda: settings)
 
 CTX = mp.get_context("fork")
 LOG_FORMAT = "%(asctime)s %(process)d %(name)s %(levelname)s %(message)s"
@@ -272,28 +277,22 @@ def pool(n: int, target: Callable[..., None], *args: Any) -> Iterator[Pool]:
         p.close()
 
 
-def wait_until(predicate: Callable[[], bool], timeout: float, poll: float = 0.002) -> bool:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() >= deadline:
-            return False
-        time.sleep(poll)
-    return True
-
-
 # ---------------------------------------------------------------------------- worker-side helpers
 
 
-def worker_sync(wait_connected: float = 10.0) -> Any:
-    """Build this process's breaker sync exactly as a Celery prefork child does
-    (``flexitasks.worker._start_child_sync``), then wait until it holds the snapshot."""
-    from flexitasks.sync import process
-
-    process.role = "worker-child"
-    sync = process.current()
-    if not sync.subscriber.connected.wait(wait_connected):
+def worker_runtime(wait_connected: float = 10.0) -> Runtime:
+    """Build this process's runtime (breaker sync, gate, router) exactly as a Celery prefork
+    child does (``flexitasks.worker``), then wait until its sync holds the snapshot."""
+    runtime = _runtime.start(role="worker-child")
+    if runtime.sync is None:
+        raise RuntimeError("the benchmark needs breakers enabled")
+    if not runtime.sync.subscriber.connected.wait(wait_connected):
         raise RuntimeError(f"breaker sync of pid {os.getpid()} not connected after {wait_connected}s")
-    return sync
+    return runtime
+
+
+def worker_sync(wait_connected: float = 10.0) -> Any:
+    return worker_runtime(wait_connected).sync
 
 
 class TimedAdapter:

@@ -35,6 +35,7 @@ import redis
 
 from benchmarks import LOG_FILE, PRIMARY, REDIS_URL, anchors
 from benchmarks.common import LOG_FORMAT, Fakes, Table, log, num, settings
+from flexitasks.harness import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 NOT_COUNTED = {"info"}  # our own measuring
@@ -76,16 +77,15 @@ def _phase(stats: redis.Redis, seconds: float, step: Any) -> dict[str, Any]:
 
 
 def _child(out: Path, seconds: float, idle: float) -> None:
-    from benchmarks.common import chat_request, worker_sync
+    from benchmarks.common import chat_request, worker_runtime
     from flexitasks.breaker.store import BreakerState
     from flexitasks.errors import FlexitasksError
     from flexitasks.fake_provider import FakeProviderAdmin
     from flexitasks.providers import build_adapter
-    from flexitasks.runtime import runtime
 
     url = settings.sync.redis_url
-    sync = worker_sync()
-    router = runtime().router
+    runtime = worker_runtime()
+    sync, router = runtime.sync, runtime.router
     request = chat_request(PRIMARY)
     admin = FakeProviderAdmin(settings.provider(PRIMARY).base_url.removesuffix("/v1"))
     stats = redis.Redis.from_url(url)
@@ -150,19 +150,11 @@ def _child(out: Path, seconds: float, idle: float) -> None:
 # ---------------------------------------------------------------------------- coordinator side
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def _private_redis() -> tuple[subprocess.Popen[bytes], str] | None:
     binary = shutil.which("redis-server")
     if binary is None:
         return None
-    port = _free_port()
+    port = free_port()
     proc = subprocess.Popen(
         [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,

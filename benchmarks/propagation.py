@@ -48,7 +48,7 @@ from benchmarks.common import (
     redis_client,
     settings,
     wait_until,
-    worker_sync,
+    worker_runtime,
 )
 from flexitasks.breaker.redis_store import RedisBreakerStore
 from flexitasks.breaker.store import BreakerState
@@ -83,11 +83,10 @@ def _idle(stop: Any) -> int:
 def _flexitasks_worker(
     index: int, conn: Connection, busy: bool, last: Any, stop: Any, switch: float, quiet: bool
 ) -> None:
-    from flexitasks.runtime import runtime
-
     if switch:
         sys.setswitchinterval(switch)
-    sync = worker_sync()
+    runtime = worker_runtime()
+    sync = runtime.sync
     if quiet:  # diagnostic: without the subscriber's heartbeat-on-change (a SET right after each apply)
         sync.mirror.listeners.remove(sync.subscriber._on_change)
     applied: dict[int, float] = {}
@@ -101,7 +100,7 @@ def _flexitasks_worker(
                 last[index] = gen
 
     sync.mirror.listeners.insert(0, on_apply)  # first: the subscriber's own listener does Redis I/O
-    router = runtime().router if busy else None
+    router = runtime.router if busy else None
     _warm(router)
     conn.send(("ready", os.getpid()))
     conn.recv()  # "go": no process loads the CPU while others still start
@@ -205,7 +204,7 @@ def _measure(
                     key, kind = result.snapshot.generation, "reset"
                     assert result.transitioned, f"force(CLOSED) did not transition: {result}"
                 sent[key] = (t0, kind)
-                wait_until(lambda key=key: min(last) >= key, APPLY_TIMEOUT)
+                wait_until(lambda key=key: min(last) >= key, APPLY_TIMEOUT, interval=0.002)
                 time.sleep(random.uniform(0.02, 0.05))
             elapsed = time.monotonic() - started
             time.sleep(0.1)

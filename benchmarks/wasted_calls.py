@@ -142,7 +142,7 @@ def _one_run(workers: Any, system: str, latency: float, fakes: Fakes, arrays: tu
     policy = settings.breaker_policy(settings.provider(PRIMARY))
     admin.clear()
     gen = store.force(PRIMARY, policy, BreakerState.CLOSED).snapshot.generation
-    if not wait_until(lambda: min(gen_seen) >= gen, 5.0, poll=0.01):
+    if not wait_until(lambda: min(gen_seen) >= gen, 5.0, interval=0.01):
         raise RuntimeError("not every process saw the breaker reset within 5 s")
     anchors.reset_shared(client)
     stop.clear()
@@ -152,7 +152,7 @@ def _one_run(workers: Any, system: str, latency: float, fakes: Fakes, arrays: tu
     seq0 = admin.stats()["requests"]
     t_set = time.time()
     admin.set_fault(status=500, latency=latency)
-    all_open = wait_until(lambda: min(open_wall) > 0, OPEN_TIMEOUT, poll=0.005)
+    all_open = wait_until(lambda: min(open_wall) > 0, OPEN_TIMEOUT, interval=0.005)
     walls = [w for w in open_wall if w > 0]
     time.sleep(GRACE + latency)
     stop.set()

@@ -1,16 +1,16 @@
 """flexitasks: LLM calls as Celery tasks, with priority failover across providers and
 circuit breakers that every worker process in the fleet shares through Redis.
 
-``celery -A flexitasks worker`` finds ``app`` here. The Celery app (and with it the
-config file) is loaded on first use of ``app`` or ``chat_task``, not on import of the
-package, so ``flexitasks fake-provider`` and config-free helpers stay light.
+``celery -A flexitasks worker`` finds ``app`` here. Importing the package reads no file
+and loads no provider SDK: the app's settings are read when Celery first needs its
+configuration (``celery_app.py`` says how to get them), and the SDKs load with the
+worker's runtime.
 """
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
-
+from flexitasks import remote as _remote  # noqa: F401  (registers the control commands, for the CLI too)
+from flexitasks.celery_app import FlexitasksApp, app
 from flexitasks.errors import (
     AllProvidersFailed,
     ConfigError,
@@ -19,24 +19,16 @@ from flexitasks.errors import (
     InvalidRequest,
     RequestRejected,
 )
+from flexitasks.tasks import chat_task
 
 __all__ = [
     "AllProvidersFailed",
     "ConfigError",
     "ContentRejected",
+    "FlexitasksApp",
     "FlexitasksError",
     "InvalidRequest",
     "RequestRejected",
     "app",
     "chat_task",
 ]
-
-
-def __getattr__(name: str) -> Any:
-    if name == "app":
-        importlib.import_module("flexitasks.remote")  # registers control commands for the CLI too
-        return importlib.import_module("flexitasks.celery_app").app
-    if name == "chat_task":
-        importlib.import_module("flexitasks.remote")
-        return importlib.import_module("flexitasks.tasks").chat_task
-    raise AttributeError(f"module 'flexitasks' has no attribute {name!r}")

@@ -1,19 +1,39 @@
-"""The Celery application: settings that keep LLM work safe, nothing else.
+"""The Celery app: flexitasks' ``Settings`` as the composition root, mapped onto Celery's.
 
-Loads the flexitasks config once per process and maps it onto Celery settings.
-Worker-side hooks live in ``worker.py``, remote control in ``remote.py``, the task in
-``tasks.py``; this module only builds the app.
+Owns building the app and resolving its settings; the task lives in ``tasks.py``,
+worker-side hooks in ``worker.py``, remote control in ``remote.py``. Importing this
+module reads no file: Celery asks for its configuration (``app.add_defaults`` with a
+promise) the first time ``app.conf`` is needed, and only then are the settings loaded.
+
+How to get Settings (no module holds a global one):
+
+- the default app: ``flexitasks.app.settings``, read on first use from ``FLEXITASKS_CONFIG``
+  (else ``./flexitasks.toml``) plus the environment overrides; on the ``celery`` and
+  ``flexitasks`` command lines a bad file exits with code 2 and one line;
+- settings built in code (tests, embedding): ``FlexitasksApp(settings)`` for an app of its
+  own, or ``flexitasks.app.use_settings(settings)`` before the default app is first used;
+- in a task: ``self.app.settings``; in a bootstep: ``worker.app.settings``; in remote
+  control: ``state.app.settings``;
+- everything below (router, gate, sync, adapters) receives what it needs as constructor
+  arguments from ``runtime.py``; never read settings at import.
 """
 
 from __future__ import annotations
 
 import os
 import sys
+from functools import cached_property
+from typing import TYPE_CHECKING, Any
 
 from celery import Celery
 
 from flexitasks.config import Settings, load_settings
 from flexitasks.errors import ConfigError
+
+if TYPE_CHECKING:
+    from flexitasks.runtime import ProcessRuntime
+
+TASK_MODULES = ("flexitasks.tasks", "flexitasks.remote", "flexitasks.worker")
 
 
 def _is_command_line() -> bool:
@@ -24,18 +44,16 @@ def _is_command_line() -> bool:
     )
 
 
-def _load() -> Settings:
+def settings_from_environment() -> Settings:
+    """The config file and environment overrides; on a command line a bad file is one
+    message on stderr and exit code 2."""
     try:
         return load_settings()
     except ConfigError as exc:
         if _is_command_line():
-            # A worker (or the CLI) with a bad file stops here with one clear message.
             sys.stderr.write(f"flexitasks: {exc}\n")
             raise SystemExit(2) from None
         raise
-
-
-settings = _load()
 
 
 def celery_config(s: Settings) -> dict[str, object]:
@@ -65,6 +83,35 @@ def celery_config(s: Settings) -> dict[str, object]:
     }
 
 
-app = Celery("flexitasks")
-app.conf.update(celery_config(settings))
-app.conf.imports = ("flexitasks.tasks", "flexitasks.remote", "flexitasks.worker")
+class FlexitasksApp(Celery):
+    """A Celery app that knows its flexitasks ``Settings`` (given, or read on first use)."""
+
+    def __init__(self, settings: Settings | None = None, main: str = "flexitasks", **kwargs: Any) -> None:
+        kwargs.setdefault("include", TASK_MODULES)
+        super().__init__(main, **kwargs)
+        self._settings = settings
+        self.steps["worker"].add("flexitasks.worker:BreakerSync")
+        # A promise: Celery calls it when the configuration is first needed, not now.
+        self.add_defaults(lambda: celery_config(self.settings))
+
+    @property
+    def settings(self) -> Settings:
+        if self._settings is None:
+            self._settings = settings_from_environment()
+        return self._settings
+
+    def use_settings(self, settings: Settings) -> None:
+        """Use settings built in code instead of the config file; only before first use."""
+        if self._settings is not None and self._settings is not settings:
+            raise RuntimeError(f"{self.main}: settings already in use (from {self._settings.source})")
+        self._settings = settings
+
+    @cached_property
+    def runtime(self) -> ProcessRuntime:
+        """This app's per-process router, gate and breaker sync (``runtime.py``)."""
+        from flexitasks.runtime import ProcessRuntime  # the SDKs load with it: worker side only
+
+        return ProcessRuntime(lambda: self.settings)
+
+
+app = FlexitasksApp()

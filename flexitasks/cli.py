@@ -2,7 +2,8 @@
 
 ``flexitasks status [--json]`` and ``flexitasks metrics`` read the authoritative breaker
 state and every live process's applied view straight from Redis (no worker needs to
-answer).
+answer). The settings come from ``FLEXITASKS_CONFIG`` (else ``./flexitasks.toml``) when a
+command runs; a bad file is one line on stderr and exit code 2.
 """
 
 from __future__ import annotations
@@ -12,29 +13,9 @@ import json
 import sys
 from typing import Any
 
+from flexitasks.config import load_settings
 from flexitasks.errors import ConfigError
-
-STATE_COLOURS = {"closed": "green", "open": "red", "forced_open": "bold red", "half_open": "yellow",
-                 "disabled": "dim"}
-
-
-def fleet_status() -> dict[str, Any]:
-    """``{"providers": {name: snapshot}, "processes": [view, ...]}`` from Redis."""
-    import redis
-
-    from flexitasks.breaker.redis_store import RedisBreakerStore
-    from flexitasks.celery_app import settings
-
-    s = settings.sync
-    client = redis.Redis.from_url(s.redis_url, socket_timeout=s.socket_timeout,
-                                  socket_connect_timeout=s.socket_timeout)
-    store = RedisBreakerStore(client, key_prefix=s.key_prefix, channel=s.channel)
-    names = [p.name for p in settings.providers]
-    providers = {name: snap.to_dict() for name, snap in store.snapshot(names).items()}
-    keys = sorted(client.scan_iter(match=f"{s.key_prefix}:proc:*", count=500))
-    processes = [json.loads(raw) for raw in client.mget(keys) if raw] if keys else []
-    processes.sort(key=lambda p: (p.get("host", ""), p.get("role", ""), p.get("pid", 0)))
-    return {"providers": providers, "processes": processes}
+from flexitasks.fleet import STATE_COLOURS, fleet_status
 
 
 def _print_status(status: dict[str, Any]) -> None:
@@ -87,15 +68,16 @@ def main(argv: list[str] | None = None) -> int:
             return demo_main(rest)
         if rest:
             parser.error(f"unrecognized arguments: {' '.join(rest)}")
+        settings = load_settings()
         if args.command == "metrics":
             from flexitasks import metrics
 
             if args.once:
-                print(metrics.render(fleet_status), end="")
+                print(metrics.render(lambda: fleet_status(settings)), end="")
                 return 0
-            metrics.serve(args.port, fleet_status)
+            metrics.serve(args.port, lambda: fleet_status(settings))
             return 0
-        status = fleet_status()
+        status = fleet_status(settings)
     except ConfigError as exc:
         print(f"flexitasks: {exc}", file=sys.stderr)
         return 2

@@ -1,16 +1,19 @@
-"""Configuration: the TOML file, environment overrides, and their validation.
+"""Configuration: the ``Settings`` model, the TOML file, environment overrides, validation.
 
 Owns reading ``FLEXITASKS_CONFIG`` (else ``./flexitasks.toml``) and turning every
 problem into one ``ConfigError`` that names the file, the provider and the field.
 API keys are read from the environment variable each provider names and held as
-``SecretStr``; the file never holds a key. Touches no network.
+``SecretStr``; the file never holds a key. Touches no network, holds no global
+settings: ``load_settings()`` reads the file when called, ``Settings(...)`` builds them
+in code, and whoever composes the objects passes them on (see ``celery_app.py``).
 """
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import tomllib
-from functools import cached_property
 from pathlib import Path
 from typing import Any, Literal
 
@@ -136,10 +139,6 @@ class Settings(_Section):
             seen.add(p.name)
         return self
 
-    @cached_property
-    def by_priority(self) -> list[ProviderSettings]:
-        return sorted(self.providers, key=lambda p: (p.priority, self.providers.index(p)))
-
     def provider(self, name: str) -> ProviderSettings:
         for p in self.providers:
             if p.name == name:
@@ -158,6 +157,32 @@ class Settings(_Section):
             jitter=b.jitter,
             probe_ttl=max(provider.timeout, provider.first_token_timeout, provider.stall_timeout) + 5.0,
         )
+
+    def to_toml(self) -> str:
+        """The same settings as a config file, for processes started from settings built in
+        code (the tests' and the demo's workers). Environment overrides are not applied twice:
+        the values written are the final ones."""
+        data = self.model_dump(exclude={"source"}, exclude_none=True, mode="json")
+        providers = data.pop("providers")
+        tables = [(f"[{name}]", values) for name, values in data.items()]
+        tables += [("[[providers]]", values) for values in providers]
+        return "\n".join(
+            header + "\n" + "".join(f"{_toml_key(k)} = {_toml_value(v)}\n" for k, v in values.items())
+            for header, values in tables
+        )
+
+
+def _toml_key(key: str) -> str:
+    return key if re.fullmatch(r"[A-Za-z0-9_-]+", key) else json.dumps(key)
+
+
+def _toml_value(value: Any) -> str:
+    """JSON scalars are TOML scalars; tables and arrays are written inline."""
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{_toml_key(k)} = {_toml_value(v)}" for k, v in value.items()) + "}"
+    if isinstance(value, list):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    return json.dumps(value)
 
 
 def config_path() -> Path:

@@ -5,8 +5,8 @@ DB, writes a temporary config, starts two fake providers and a real ``celery -A 
 --concurrency 4``, sends chat tasks through them, breaks the primary provider, shows the breaker
 opening in every process of the pool, heals the provider and shows a single probe closing it.
 Everything it started or wrote (subprocesses, Redis keys, the temp dir) is removed on the way
-out, also on Ctrl-C or SIGTERM. ``flexitasks.celery_app`` reads the settings when first imported,
-so ``main`` imports it only after ``FLEXITASKS_CONFIG`` points at the demo's config.
+out, also on Ctrl-C or SIGTERM. The demo builds its ``Settings`` in code, hands them to the app
+(``app.use_settings``) and writes the same settings as the worker's config file.
 """
 
 from __future__ import annotations
@@ -19,7 +19,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -34,8 +33,10 @@ import redis
 from rich.console import Console
 from rich.table import Table
 
-from flexitasks.cli import STATE_COLOURS, fleet_status
+from flexitasks.config import Settings
 from flexitasks.fake_provider.admin import FakeProviderAdmin
+from flexitasks.fleet import STATE_COLOURS, fleet_status
+from flexitasks.harness import free_port, wait_until
 
 # The demo takes the first empty DB of these: the tests lease 8-15 (on DB 0), the benchmarks use 5.
 DEMO_DBS = (3, 4, 6, 7)
@@ -84,12 +85,6 @@ def signals_handled(handler: Callable[[int, Any], Any]) -> Iterator[None]:
             signal.signal(sig, old)
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -115,39 +110,31 @@ def exited_unreaped(pid: int) -> bool:
 
 
 def wait_for(check: Callable[[], Any], timeout: float, interval: float = 0.05) -> Any:
-    """Poll ``check`` until it returns something truthy; None on timeout."""
-    deadline = time.monotonic() + timeout
-    while True:
-        checkpoint()
-        value = check()
-        if value or time.monotonic() >= deadline:
-            return value or None
-        time.sleep(interval)
+    """Poll ``check`` until it returns something truthy; None on timeout. Interruptible."""
+    return wait_until(check, timeout, interval=interval, on_poll=checkpoint)
 
 
-def config_text(db_url: str, prefix: str, ports: dict[str, int]) -> str:
-    """The demo's TOML: its own DB and key prefix, short timeouts, a breaker that reopens fast."""
+def demo_settings(db_url: str, prefix: str, ports: dict[str, int]) -> Settings:
+    """The demo's settings: its own DB and key prefix, short timeouts, a breaker that reopens fast."""
     url = {name: f"http://127.0.0.1:{port}" for name, port in ports.items()}
     limits = {"timeout": 10.0, "connect_timeout": 1.0, "first_token_timeout": 3.0, "stall_timeout": 2.0}
-    sections: list[tuple[str, dict[str, Any]]] = [
-        ("celery", {"broker_url": db_url, "result_backend": db_url, "max_task_retries": 1,
-                    "retry_backoff": 1, "retry_backoff_max": 2}),
-        ("sync", {"redis_url": db_url, "channel": f"{prefix}:events", "key_prefix": prefix,
-                  "resync_interval": 5.0, "heartbeat_interval": 1.0}),
-        ("breaker", {"failure_threshold": THRESHOLD, "window": 60.0, "recovery_timeout": RECOVERY,
-                     "max_recovery_timeout": 12.0, "jitter": 0.0}),
+    return Settings.model_validate({
+        "source": "<flexitasks demo>",
+        "celery": {"broker_url": db_url, "result_backend": db_url, "max_task_retries": 1,
+                   "retry_backoff": 1, "retry_backoff_max": 2},
+        "sync": {"redis_url": db_url, "channel": f"{prefix}:events", "key_prefix": prefix,
+                 "resync_interval": 5.0, "heartbeat_interval": 1.0},
+        "breaker": {"failure_threshold": THRESHOLD, "window": 60.0, "recovery_timeout": RECOVERY,
+                    "max_recovery_timeout": 12.0, "jitter": 0.0},
         # One task retries the primary until the breaker opens, so a single child takes every failure.
-        ("retry", {"same_provider_retries": THRESHOLD - 1, "same_provider_backoff": 0.05,
-                   "request_timeout": 20.0}),
-        ("[providers]", {"name": "openai", "kind": "openai", "model": "gpt-4o-mini", "priority": 1,
-                         "api_key_env": KEY_ENVS["openai"], "base_url": url["openai"] + "/v1", **limits}),
-        ("[providers]", {"name": "anthropic", "kind": "anthropic", "model": "claude-sonnet-4-5",
-                         "priority": 2, "api_key_env": KEY_ENVS["anthropic"], "base_url": url["anthropic"],
-                         **limits}),
-    ]
-    body = "\n".join(f"[{name}]\n" + "".join(f"{k} = {json.dumps(v)}\n" for k, v in values.items())
-                     for name, values in sections)
-    return "# Written by flexitasks.demo for one run; removed when the demo ends.\n" + body
+        "retry": {"same_provider_retries": THRESHOLD - 1, "same_provider_backoff": 0.05, "request_timeout": 20.0},
+        "providers": [
+            {"name": "openai", "kind": "openai", "model": "gpt-4o-mini", "priority": 1,
+             "api_key_env": KEY_ENVS["openai"], "base_url": url["openai"] + "/v1", **limits},
+            {"name": "anthropic", "kind": "anthropic", "model": "claude-sonnet-4-5", "priority": 2,
+             "api_key_env": KEY_ENVS["anthropic"], "base_url": url["anthropic"], **limits},
+        ],
+    })
 
 
 def compact_attempts(attempts: list[dict[str, Any]]) -> str:
@@ -194,7 +181,12 @@ class Demo:
         self.admins: dict[str, FakeProviderAdmin] = {}
         self.pending: list[Any] = []  # AsyncResults in flight
         self.app: Any = None
+        self.settings: Settings | None = None
         self.chat_task: Any = None
+
+    def fleet(self) -> dict[str, Any]:
+        assert self.settings is not None, "write_config comes first"
+        return fleet_status(self.settings)
 
     def step(self, n: int, title: str, what: str) -> None:
         checkpoint()
@@ -224,9 +216,11 @@ class Demo:
                         "the demo only writes to a DB it can empty afterwards")
 
     def write_config(self) -> None:
-        """The config file and the env it names: the worker and this process both read them."""
+        """The settings, and the same as the worker's config file and the env it names."""
+        self.settings = demo_settings(f"redis://{self.host}:{self.port}/{self.db}", self.prefix, self.ports)
         path = self.workdir / "flexitasks.toml"
-        path.write_text(config_text(f"redis://{self.host}:{self.port}/{self.db}", self.prefix, self.ports))
+        path.write_text("# Written by flexitasks.demo for one run; removed when the demo ends.\n"
+                        + self.settings.to_toml())
         os.environ["FLEXITASKS_CONFIG"] = str(path)
         for var in ("FLEXITASKS_BROKER_URL", "FLEXITASKS_RESULT_BACKEND", "FLEXITASKS_REDIS_URL"):
             os.environ.pop(var, None)  # the demo's own file decides where everything goes
@@ -234,12 +228,13 @@ class Demo:
             os.environ[env] = f"demo-key-{self.run_id}"  # the fakes check it: keys come from the env
 
     def load_app(self) -> None:
-        """Import the app only now, so it loads the demo's config."""
+        """The producer side: the package's app, with the demo's settings."""
         from flexitasks import app, chat_task
-        from flexitasks.celery_app import settings
 
-        if settings.source != os.environ["FLEXITASKS_CONFIG"]:
-            raise DemoError(f"flexitasks loaded {settings.source}, not the demo's config")
+        try:
+            app.use_settings(self.settings)
+        except RuntimeError as exc:
+            raise DemoError(f"{exc}; run the demo in a process of its own") from None
         self.app, self.chat_task = app, chat_task
 
     # -- subprocesses ----------------------------------------------------------------------------
@@ -285,7 +280,7 @@ class Demo:
         if not wait_for(pinged, 60, 0.1):
             raise DemoError(f"the worker did not answer ping within 60 s:\n{self.log_tail('worker')}")
         def five_views() -> list[dict[str, Any]] | None:  # each child starts its breaker sync after fork
-            views: list[dict[str, Any]] = fleet_status()["processes"]
+            views: list[dict[str, Any]] = self.fleet()["processes"]
             return views if len(views) >= 5 else None
 
         if not (views := wait_for(five_views, 20, 0.1)):
@@ -337,7 +332,7 @@ class Demo:
         first: dict[int, float] = {}
 
         def check() -> dict[str, Any] | None:
-            status = fleet_status()
+            status = self.fleet()
             for p in status["processes"]:
                 b = p["breakers"].get("openai", {})
                 if b.get("generation") == generation and b.get("state") == state:
@@ -431,7 +426,7 @@ class Demo:
         """Step 6: heal the primary, wait out the recovery interval, show one probe closing it."""
         self.step(6, "Recovery", f"openai is healthy again; after {RECOVERY:g} s one probe may test it")
         self.admins["openai"].clear()
-        auth = fleet_status()["providers"]["openai"]
+        auth = self.fleet()["providers"]["openai"]
         wait = max(auth["open_until"] - auth["now"], 0.0) + 0.2
         self.say(f"waiting {wait:.1f} s for the recovery interval to end ...")
         time.sleep(wait)

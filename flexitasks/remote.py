@@ -6,26 +6,36 @@
 Control commands go through the same atomic store path as every other transition,
 so the event reaches every child through pub/sub; when several workers receive the
 broadcast, the first one makes the transition and the others find nothing to change.
+They use the sync the ``BreakerSync`` bootstep keeps on the worker and the settings of
+the worker's app (``state.app.settings``).
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from celery.worker.control import control_command, inspect_command
 
 from flexitasks.breaker.redis_store import BreakerStoreError
 from flexitasks.breaker.store import BreakerState
-from flexitasks.celery_app import settings
-from flexitasks.sync import process
-from flexitasks.worker import EVENT_TYPES, event_fields
+from flexitasks.signals import announce
+
+if TYPE_CHECKING:
+    from flexitasks.sync.process import ProcessSync
+
+
+def _sync(state: Any) -> ProcessSync | None:
+    return getattr(state.consumer.controller, "breaker_sync", None)
 
 
 def _force(state: Any, provider: str, target: BreakerState) -> dict[str, Any]:
+    settings = state.app.settings
     names = [p.name for p in settings.providers]
     if provider not in names:
         return {"error": f"unknown provider {provider!r}; known: {', '.join(names)}"}
-    sync = process.current()
+    sync = _sync(state)
+    if sync is None:
+        return {"error": "breakers are disabled on this worker ([breaker] enabled = false)"}
     policy = settings.breaker_policy(settings.provider(provider))
     try:
         result = sync.store.force(provider, policy, target)
@@ -33,7 +43,7 @@ def _force(state: Any, provider: str, target: BreakerState) -> dict[str, Any]:
         return {"error": f"breaker store unreachable, nothing changed: {exc}"}
     sync.mirror.apply(result.snapshot)
     if result.transitioned:
-        state.consumer.event_dispatcher.send(EVENT_TYPES[target], **event_fields(result))
+        announce(result)
     snap = result.snapshot
     summary = f"{provider}: {snap.state.value} (generation {snap.generation})"
     if not result.transitioned:
@@ -48,8 +58,10 @@ def _brief(snap: Any) -> dict[str, Any]:
 @inspect_command(args=[], signature="")
 def breaker_status(state: Any) -> dict[str, Any]:
     """Authoritative state of every provider's breaker, and this worker's applied view."""
-    sync = process.current()
-    names = [p.name for p in settings.providers]
+    sync = _sync(state)
+    if sync is None:
+        return {"error": "breakers are disabled on this worker ([breaker] enabled = false)"}
+    names = [p.name for p in state.app.settings.providers]
     try:
         authoritative = {name: snap.to_dict() for name, snap in sync.store.snapshot(names).items()}
     except BreakerStoreError as exc:

@@ -1,11 +1,14 @@
-"""Worker-side wiring: Celery signals and a bootstep, nothing else.
+"""Worker-side wiring: the breaker-sync bootstep, the child-init signals, Celery events.
 
-- main process: a bootstep starts the breaker sync (the main process runs remote
-  control and must see transitions too) and reports it in ``inspect stats``;
-- every prefork child (also each replacement): ``worker_process_init`` starts its own
-  sync (nothing inherited is used: ``per_process.py``), waiting at most 1 s for the first snapshot
-  (Celery kills a child whose init blocks for 4 s);
-- each breaker transition this process makes becomes a Celery event
+- main process: the ``BreakerSync`` bootstep builds the process runtime (breaker sync
+  included: the main process serves remote control, and runs the tasks under the
+  threads and solo pools), keeps the sync on the worker as ``worker.breaker_sync`` and
+  reports it in ``inspect stats``;
+- every prefork child (also each replacement): ``worker_process_init`` builds its own
+  runtime (nothing inherited is used: ``per_process.py``), waiting at most 1 s for the
+  first snapshot (Celery kills a child whose init blocks for 4 s). Pools without
+  children fire no such signal; the first task builds the runtime there;
+- every ``breaker_transition`` this process sends becomes a Celery event
   (``breaker-opened`` ...), so Flower and event monitors see it.
 """
 
@@ -14,12 +17,13 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from celery import bootsteps, current_task
-from celery.signals import celeryd_init, worker_init, worker_process_init, worker_process_shutdown
+from celery import bootsteps, current_app, current_task
+from celery.signals import worker_process_init, worker_process_shutdown
 
 from flexitasks.breaker.store import BreakerState, StoreResult
-from flexitasks.celery_app import app, settings
-from flexitasks.sync import process
+from flexitasks.celery_app import FlexitasksApp
+from flexitasks.config import Settings
+from flexitasks.signals import breaker_transition
 
 log = logging.getLogger(__name__)
 
@@ -44,27 +48,39 @@ def event_fields(result: StoreResult) -> dict[str, Any]:
     }
 
 
-def send_transition_event(result: StoreResult) -> None:
+@breaker_transition.connect
+def send_transition_event(sender: str, result: StoreResult, **_: Any) -> None:
     """Publish one Celery event for a transition this process made."""
     type_ = EVENT_TYPES[result.snapshot.state]
     fields = event_fields(result)
     if current_task and current_task.request.id is not None:  # a Proxy: falsy outside a task
         current_task.send_event(type_, **fields)
         return
-    with app.events.default_dispatcher() as dispatcher:
+    with current_app.events.default_dispatcher() as dispatcher:
         dispatcher.send(type_, **fields)
 
 
-process.transition_listeners.append(send_transition_event)
+def _current_flexitasks_app() -> FlexitasksApp | None:
+    current = current_app._get_current_object()
+    return current if isinstance(current, FlexitasksApp) else None
 
 
-@celeryd_init.connect
-def _remember_node(sender: str | None = None, **_: Any) -> None:
-    process.node_name = sender
+@worker_process_init.connect
+def _start_child_runtime(sender: str | None = None, **_: Any) -> None:
+    flexi = _current_flexitasks_app()  # prefork makes the worker's app current before this signal
+    if flexi is not None:
+        flexi.runtime.start(role="worker-child", node=sender)
 
 
-@worker_init.connect
-def _check_keys(**_: Any) -> None:
+@worker_process_shutdown.connect
+def _stop_child_runtime(**_: Any) -> None:
+    flexi = _current_flexitasks_app()
+    if flexi is not None:
+        flexi.runtime.stop()
+
+
+def check_keys(settings: Settings) -> None:
+    """Say at start what will fail later: no providers, a key variable that is unset."""
     if not settings.providers:
         log.error("flexitasks: no [[providers]] configured in %s; every chat task will fail", settings.source)
     for p in settings.providers:
@@ -75,40 +91,31 @@ def _check_keys(**_: Any) -> None:
             log.warning("flexitasks: provider %s has no api_key_env; it is called without a key", p.name)
 
 
-@worker_process_init.connect
-def _start_child_sync(**_: Any) -> None:
-    process.role = "worker-child"
-    if settings.breaker.enabled:
-        process.current()
-
-
-@worker_process_shutdown.connect
-def _stop_child_sync(**_: Any) -> None:
-    sync = process.existing()
-    if sync is not None:
-        sync.subscriber.stop()
-
-
 class BreakerSync(bootsteps.StartStopStep):
-    """Breaker sync for the worker's main process (it serves remote control)."""
+    """This worker's breaker sync in its main process (after the pool has forked its children)."""
 
     label = "flexitasks breaker sync"
+    requires = ("celery.worker.components:Pool",)
 
-    def start(self, worker: Any) -> None:
-        if settings.breaker.enabled:
-            process.role = "worker-main"
-            process.current()
+    def __init__(self, w: Any, **kwargs: Any) -> None:
+        self.app: FlexitasksApp = w.app
+        self.settings = w.app.settings
+        w.breaker_sync = None
+        super().__init__(w, **kwargs)
 
-    def stop(self, worker: Any) -> None:
-        sync = process.existing()
-        if sync is not None:
-            sync.subscriber.stop()
+    def start(self, w: Any) -> None:
+        check_keys(self.settings)
+        w.breaker_sync = self.app.runtime.start(role="worker-main", node=w.hostname).sync
 
-    def info(self, worker: Any) -> dict[str, Any]:
-        sync = process.existing()
+    def stop(self, w: Any) -> None:
+        self.app.runtime.stop()
+        w.breaker_sync = None
+
+    shutdown = stop
+
+    def info(self, w: Any) -> dict[str, Any]:
+        sync = w.breaker_sync
         if sync is None:
             return {"flexitasks": {"breakers": "disabled"}}
         return {"flexitasks": {"degraded": sync.gate.degraded, "view": sync.subscriber.view()}}
 
-
-app.steps["worker"].add(BreakerSync)

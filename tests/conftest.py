@@ -1,8 +1,8 @@
 """Shared fixtures: a real Redis DB of our own, two fake providers, a real worker pool.
 
-The config file is written before anything imports ``flexitasks`` (settings are read
-at import), with free ports chosen for the fake providers and a Redis DB and key
-prefix of this run's own so runs never collide.
+The tests' ``SETTINGS`` are built in code, with free ports for the fake providers and a
+Redis DB and key prefix of this run's own so runs never collide; the worker subprocesses
+read the same settings from a file written from them.
 """
 
 from __future__ import annotations
@@ -22,105 +22,101 @@ from pathlib import Path
 import pytest
 import redis
 
+from flexitasks import app
+from flexitasks.config import Settings
+from flexitasks.harness import free_port, wait_until
+
 REDIS_HOST = os.environ.get("FLEXITASKS_TEST_REDIS_HOST", "127.0.0.1")
 REDIS_PORT = int(os.environ.get("FLEXITASKS_TEST_REDIS_PORT", "6379"))
 RUN_ID = uuid.uuid4().hex[:8]
 
 
-def _release_db(db: int) -> None:
-    with contextlib.suppress(redis.RedisError):
-        lessor = redis.Redis(host=REDIS_HOST, port=REDIS_PORT, db=0, socket_connect_timeout=1)
-        if lessor.get(f"flexitasks-test-db-lease:{db}") == RUN_ID.encode():
-            lessor.delete(f"flexitasks-test-db-lease:{db}")
+LEASE_KEY = "flexitasks-test-db-lease:{}"
+LEASE_VALUE = f"{RUN_ID} {socket.gethostname()} {os.getpid()}"
+_TAKE_OVER = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('set', KEYS[1], ARGV[2], 'EX', 1800) end"
+_RELEASE = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end"
 
 
-def lease_db() -> int:
+def _holder_gone(value: bytes | None) -> bool:
+    """Was the lease taken by a test run on this host that has exited (killed, or a run that
+    never reached its teardown)?"""
+    parts = (value or b"").decode(errors="replace").split()
+    if len(parts) != 3 or parts[1] != socket.gethostname() or not parts[2].isdigit():
+        return False
+    try:
+        os.kill(int(parts[2]), 0)
+    except ProcessLookupError:
+        return True
+    except OSError:
+        return False
+    return False
+
+
+def lease_db() -> int | None:
     """A Redis DB of this run's own, leased on DB 0 so concurrent runs never share one
-    (Celery's queue and result keys are not under our key prefix)."""
+    (Celery's queue and result keys are not under our key prefix). Released when this
+    process exits; a lease whose run is gone is taken over. None: every DB is leased."""
     if os.environ.get("FLEXITASKS_TEST_DB"):
         return int(os.environ["FLEXITASKS_TEST_DB"])
     try:
         lessor = redis.Redis(host=REDIS_HOST, port=REDIS_PORT, db=0, socket_connect_timeout=1)
         for db in range(8, 16):
-            if lessor.set(f"flexitasks-test-db-lease:{db}", RUN_ID, nx=True, ex=1800):
-                atexit.register(_release_db, db)  # also for runs that never use redis_client
+            key = LEASE_KEY.format(db)
+            taken = lessor.set(key, LEASE_VALUE, nx=True, ex=1800)
+            if not taken:
+                held = lessor.get(key)
+                taken = _holder_gone(held) and bool(lessor.eval(_TAKE_OVER, 1, key, held, LEASE_VALUE))
+            if taken:
+                atexit.register(_release, db)
                 return db
     except redis.RedisError:
-        pass  # no Redis: the fixtures report it (and fail under CI=true)
-    return 15
+        return 15  # no Redis: the fixtures report it (and fail under CI=true)
+    return None
 
 
-TEST_DB = lease_db()
+def _release(db: int) -> None:
+    with contextlib.suppress(redis.RedisError):
+        lessor = redis.Redis(host=REDIS_HOST, port=REDIS_PORT, db=0, socket_connect_timeout=1)
+        lessor.eval(_RELEASE, 1, LEASE_KEY.format(db), LEASE_VALUE)
+
+
+_LEASED = lease_db()
+TEST_DB = 15 if _LEASED is None else _LEASED
 KEY_PREFIX = f"ft-test-{RUN_ID}"
 REDIS_URL = f"redis://{REDIS_HOST}:{REDIS_PORT}/{TEST_DB}"
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 PRIMARY_PORT, SECONDARY_PORT = free_port(), free_port()
 WORKDIR = Path(tempfile.mkdtemp(prefix="flexitasks-test-"))
+_LIMITS = {"timeout": 10.0, "connect_timeout": 1.0, "first_token_timeout": 1.5, "stall_timeout": 1.0}
+SETTINGS = Settings.model_validate({
+    "source": "<tests/conftest.py>",
+    "celery": {"broker_url": REDIS_URL, "result_backend": REDIS_URL, "max_task_retries": 1,
+               "retry_backoff": 1, "retry_backoff_max": 1},
+    "sync": {"redis_url": REDIS_URL, "channel": f"{KEY_PREFIX}:events", "key_prefix": KEY_PREFIX,
+             "resync_interval": 2.0, "heartbeat_interval": 1.0},
+    "breaker": {"failure_threshold": 5, "window": 60.0, "recovery_timeout": 2.0, "max_recovery_timeout": 8.0},
+    "retry": {"same_provider_backoff": 0.05, "rate_limit_backoff": 0.1, "retry_after_wait_max": 2.0,
+              "request_timeout": 20.0},
+    "providers": [
+        {"name": "primary", "kind": "openai", "model": "gpt-4o-mini", "priority": 1,
+         "api_key_env": "FLEXITASKS_TEST_PRIMARY_KEY", "base_url": f"http://127.0.0.1:{PRIMARY_PORT}/v1", **_LIMITS},
+        {"name": "secondary", "kind": "anthropic", "model": "claude-sonnet-4-5", "priority": 2,
+         "api_key_env": "FLEXITASKS_TEST_SECONDARY_KEY", "base_url": f"http://127.0.0.1:{SECONDARY_PORT}",
+         **_LIMITS},
+    ],
+})
+"""The tests' settings, built in code. This process's app uses them directly; worker
+subprocesses (and the CLI) read the same settings from ``CONFIG``."""
 CONFIG = WORKDIR / "flexitasks.toml"
-CONFIG.write_text(f"""
-[celery]
-broker_url = "{REDIS_URL}"
-result_backend = "{REDIS_URL}"
-max_task_retries = 1
-retry_backoff = 1
-retry_backoff_max = 1
-
-[sync]
-redis_url = "{REDIS_URL}"
-channel = "{KEY_PREFIX}:events"
-key_prefix = "{KEY_PREFIX}"
-resync_interval = 2.0
-heartbeat_interval = 1.0
-
-[breaker]
-failure_threshold = 5
-window = 60.0
-recovery_timeout = 2.0
-max_recovery_timeout = 8.0
-
-[retry]
-same_provider_backoff = 0.05
-rate_limit_backoff = 0.1
-retry_after_wait_max = 2.0
-request_timeout = 20.0
-
-[[providers]]
-name = "primary"
-kind = "openai"
-model = "gpt-4o-mini"
-priority = 1
-api_key_env = "FLEXITASKS_TEST_PRIMARY_KEY"
-base_url = "http://127.0.0.1:{PRIMARY_PORT}/v1"
-timeout = 10.0
-connect_timeout = 1.0
-first_token_timeout = 1.5
-stall_timeout = 1.0
-
-[[providers]]
-name = "secondary"
-kind = "anthropic"
-model = "claude-sonnet-4-5"
-priority = 2
-api_key_env = "FLEXITASKS_TEST_SECONDARY_KEY"
-base_url = "http://127.0.0.1:{SECONDARY_PORT}"
-timeout = 10.0
-connect_timeout = 1.0
-first_token_timeout = 1.5
-stall_timeout = 1.0
-""")
+CONFIG.write_text(SETTINGS.to_toml())
 os.environ["FLEXITASKS_CONFIG"] = str(CONFIG)
 os.environ["FLEXITASKS_TEST_PRIMARY_KEY"] = "sk-test-primary-" + RUN_ID
 os.environ["FLEXITASKS_TEST_SECONDARY_KEY"] = "sk-ant-test-secondary-" + RUN_ID
 for var in ("FLEXITASKS_BROKER_URL", "FLEXITASKS_RESULT_BACKEND", "FLEXITASKS_REDIS_URL"):
     os.environ.pop(var, None)
+app.use_settings(SETTINGS)
 
 
 def redis_available() -> bool:
@@ -131,6 +127,9 @@ def redis_available() -> bool:
 
 
 def require_redis() -> None:
+    if _LEASED is None:
+        pytest.fail("every test Redis DB (8-15) is leased by another running test session; "
+                    "wait for one to end, or set FLEXITASKS_TEST_DB")
     if redis_available():
         return
     message = f"Redis is not answering on {REDIS_HOST}:{REDIS_PORT}"
@@ -152,9 +151,6 @@ def redis_client() -> Iterator[redis.Redis]:
     client.flushdb()
     yield client
     client.flushdb()
-    lessor = redis.Redis(host=REDIS_HOST, port=REDIS_PORT, db=0)
-    if lessor.get(f"flexitasks-test-db-lease:{TEST_DB}") == RUN_ID.encode():
-        lessor.delete(f"flexitasks-test-db-lease:{TEST_DB}")
 
 
 @pytest.fixture(scope="session")
@@ -175,13 +171,12 @@ def start_worker(*extra: str, name: str = "w1", concurrency: int = 4) -> subproc
     )
 
 
-def wait_for_worker(app: object, name: str, timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        replies = app.control.ping(timeout=0.5) or []  # type: ignore[attr-defined]
-        if any(name in r for reply in replies for r in reply):
-            return
-    raise AssertionError(f"worker {name} did not answer ping within {timeout}s; see {WORKDIR}")
+def wait_for_worker(name: str, timeout: float = 60.0) -> None:
+    def answered() -> bool:
+        replies = app.control.ping(timeout=0.5) or []
+        return any(name in r for reply in replies for r in reply)
+
+    wait_until(answered, timeout, interval=0, what=f"worker {name} to answer ping (logs in {WORKDIR})")
 
 
 def stop_worker(proc: subprocess.Popen[bytes]) -> None:
@@ -195,11 +190,9 @@ def stop_worker(proc: subprocess.Popen[bytes]) -> None:
 
 @pytest.fixture(scope="session")
 def worker(redis_client: redis.Redis, fakes: dict[str, object]) -> Iterator[subprocess.Popen[bytes]]:
-    from flexitasks import app
-
     proc = start_worker(name="w1")
     try:
-        wait_for_worker(app, "w1@")
+        wait_for_worker("w1@")
         yield proc
     finally:
         stop_worker(proc)
@@ -210,12 +203,11 @@ def clean(fakes: dict[str, object], redis_client: redis.Redis) -> Iterator[dict[
     """Healthy fakes with zeroed counters, every breaker closed."""
     from flexitasks.breaker.redis_store import RedisBreakerStore
     from flexitasks.breaker.store import BreakerState
-    from flexitasks.celery_app import settings
 
-    store = RedisBreakerStore(redis_client, key_prefix=KEY_PREFIX, channel=f"{KEY_PREFIX}:events")
+    store = RedisBreakerStore(redis_client, key_prefix=KEY_PREFIX, channel=SETTINGS.sync.channel)
     for fp in fakes.values():
         fp.admin.reset()  # type: ignore[attr-defined]
-    for p in settings.providers:
-        store.force(p.name, settings.breaker_policy(p), BreakerState.CLOSED)
+    for p in SETTINGS.providers:
+        store.force(p.name, SETTINGS.breaker_policy(p), BreakerState.CLOSED)
     time.sleep(0.1)
     yield fakes

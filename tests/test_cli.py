@@ -11,7 +11,7 @@ import sys
 import time
 
 import pytest
-from conftest import KEY_PREFIX, ROOT
+from conftest import KEY_PREFIX, ROOT, SETTINGS
 
 pytestmark = pytest.mark.usefixtures("worker")
 
@@ -26,10 +26,9 @@ def flexitasks(*args: str) -> subprocess.CompletedProcess[str]:
 def test_status_and_metrics_show_a_trip_in_every_process(clean, redis_client):
     from flexitasks.breaker.redis_store import RedisBreakerStore
     from flexitasks.breaker.store import BreakerState
-    from flexitasks.celery_app import settings
 
-    store = RedisBreakerStore(redis_client, key_prefix=KEY_PREFIX, channel=settings.sync.channel)
-    tripped = store.force("primary", settings.breaker_policy(settings.provider("primary")), BreakerState.FORCED_OPEN)
+    store = RedisBreakerStore(redis_client, key_prefix=KEY_PREFIX, channel=SETTINGS.sync.channel)
+    tripped = store.force("primary", SETTINGS.breaker_policy(SETTINGS.provider("primary")), BreakerState.FORCED_OPEN)
 
     deadline = time.monotonic() + 15
     while True:

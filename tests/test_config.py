@@ -35,10 +35,10 @@ def write(tmp_path: Path, text: str) -> Path:
     return path
 
 
-def test_good_file_sorted_by_priority_and_key_from_env(tmp_path, monkeypatch):
+def test_good_file_with_priorities_and_key_from_env(tmp_path, monkeypatch):
     monkeypatch.setenv("FT_UNIT_KEY", "sk-secret-value")
     settings = load_settings(write(tmp_path, GOOD))
-    assert [p.name for p in settings.by_priority] == ["claude", "openai"]
+    assert {p.name: p.priority for p in settings.providers} == {"openai": 2, "claude": 1}
     key = settings.provider("openai").api_key
     assert key is not None and key.get_secret_value() == "sk-secret-value"
     assert "sk-secret-value" not in repr(settings) and "sk-secret-value" not in str(key)

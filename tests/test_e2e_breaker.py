@@ -21,13 +21,13 @@ from typing import Any
 
 import pytest
 import redis
-from conftest import KEY_PREFIX, ROOT, WORKDIR, free_port, start_worker, stop_worker, wait_for_worker
+from conftest import KEY_PREFIX, ROOT, SETTINGS, WORKDIR, start_worker, stop_worker, wait_for_worker
 
 from flexitasks import app, chat_task
 from flexitasks.breaker.redis_store import RedisBreakerStore
 from flexitasks.breaker.store import BreakerState
-from flexitasks.celery_app import settings
-from flexitasks.cli import fleet_status
+from flexitasks.fleet import fleet_status as _fleet_status
+from flexitasks.harness import free_port, wait_until
 
 pytestmark = pytest.mark.usefixtures("worker")
 
@@ -35,21 +35,13 @@ MESSAGES = [{"role": "user", "content": "Summarise this ticket"}]
 HOST = socket.gethostname()
 MAIN_NODE = f"w1@{HOST}"
 CONCURRENCY = 4  # of the session worker (conftest)
-THRESHOLD = settings.breaker.failure_threshold
-CHANNEL = settings.sync.channel
+THRESHOLD = SETTINGS.breaker.failure_threshold
+CHANNEL = SETTINGS.sync.channel
 
 
 # -- helpers -------------------------------------------------------------------------------------
-def wait_until(probe: Callable[[], Any], timeout: float, what: str, interval: float = 0.05) -> Any:
-    """Poll ``probe`` until it returns something truthy; fail with the last value seen."""
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < deadline:
-        last = probe()
-        if last:
-            return last
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}; last seen: {last!r}")
+def fleet_status() -> dict[str, Any]:
+    return _fleet_status(SETTINGS)
 
 
 def node_views(status: dict[str, Any], node: str) -> list[dict[str, Any]]:
@@ -82,7 +74,7 @@ def own_store(client: redis.Redis) -> RedisBreakerStore:
 
 
 def force(store: RedisBreakerStore, provider: str, state: BreakerState) -> int:
-    policy = settings.breaker_policy(settings.provider(provider))
+    policy = SETTINGS.breaker_policy(SETTINGS.provider(provider))
     return store.force(provider, policy, state).snapshot.generation
 
 
@@ -134,7 +126,7 @@ def open_by_failures(fakes: dict[str, Any]) -> dict[str, Any]:
     fakes["primary"].admin.set_fault(status=500)
     answers = send(3 * CONCURRENCY)
     assert all(a["provider"] == "secondary" for a in answers)
-    return wait_until(fleet_agrees("open"), 10, "primary open everywhere")
+    return wait_until(fleet_agrees("open"), 10, what="primary open everywhere")
 
 
 # -- 1. failures in the pool open the breaker in every process -----------------------------------
@@ -146,7 +138,7 @@ def test_failures_open_the_breaker_in_every_process_of_the_pool(clean):
 
     assert all(a["provider"] == "secondary" for a in answers)
     assert any(("primary", "skipped") in outcomes(a) for a in answers), "no task ever skipped the primary"
-    status = wait_until(fleet_agrees("open"), 10, "primary open in all 5")
+    status = wait_until(fleet_agrees("open"), 10, what="primary open in all 5")
     auth = status["providers"]["primary"]
     # On a loaded machine the tasks may outlast the 2 s open interval: each failed probe re-opens it.
     probes = auth["reopen_count"]
@@ -166,7 +158,7 @@ def test_remote_control_trip_and_reset_through_the_celery_cli(clean):
     before = fleet_status()["providers"]["primary"]["generation"]
     reply = cli_replies(celery_cli("control", "breaker_trip", "primary", "--json"))
     assert reply[MAIN_NODE]["ok"] and reply[MAIN_NODE]["state"] == "forced_open", reply
-    status = wait_until(fleet_agrees("forced_open"), 10, "trip everywhere")
+    status = wait_until(fleet_agrees("forced_open"), 10, what="trip everywhere")
     assert status["providers"]["primary"]["generation"] == before + 1
     assert status["providers"]["primary"]["reason"] == "operator"
 
@@ -188,7 +180,7 @@ def test_remote_control_trip_and_reset_through_the_celery_cli(clean):
     reset = celery_cli("control", "breaker_reset", "primary")  # the plain text an operator reads
     assert reset.returncode == 0, reset.stderr + reset.stdout
     assert MAIN_NODE in reset.stdout and "OK" in reset.stdout, reset.stdout
-    status = wait_until(fleet_agrees("closed"), 10, "reset everywhere")
+    status = wait_until(fleet_agrees("closed"), 10, what="reset everywhere")
     assert status["providers"]["primary"]["generation"] == before + 2
     assert all(a["provider"] == "primary" for a in send(CONCURRENCY))
 
@@ -208,7 +200,7 @@ def test_half_open_sends_one_probe_then_traffic_returns(clean):
     clean["primary"].admin.set_fault(latency=probe_latency, count=1)
     since = clean["primary"].admin.stats()["requests"]
     wait_until(lambda: fleet_status()["providers"]["primary"]["now"] >= opened["open_until"] + 0.05, 10,
-               "the open interval to pass")
+               what="the open interval to pass")
 
     answers = send(2 * CONCURRENCY)
     probes = [a for a in answers if outcomes(a) == [("primary", "ok")]]
@@ -222,7 +214,7 @@ def test_half_open_sends_one_probe_then_traffic_returns(clean):
     for entry in log[1:]:  # and nothing reached the primary before it had answered
         assert entry["mono"] >= log[0]["mono"] + probe_latency - 0.1, (log[0], entry)
 
-    status = wait_until(fleet_agrees("closed"), 10, "closed everywhere")
+    status = wait_until(fleet_agrees("closed"), 10, what="closed everywhere")
     closed = status["providers"]["primary"]
     assert closed["generation"] == opened["generation"] + 2  # open -> half_open -> closed
     assert closed["reopen_count"] == 0
@@ -236,10 +228,10 @@ def test_recycled_children_start_with_the_current_state(clean, redis_client):
     node = f"recycle@{HOST}"
     proc = start_worker("--max-tasks-per-child=1", "-Q", queue, name="recycle", concurrency=2)
     try:
-        wait_for_worker(app, "recycle@")
-        wait_until(lambda: len(node_views(fleet_status(), node)) == 3, 10, "3 views of the recycle worker")
+        wait_for_worker("recycle@")
+        wait_until(lambda: len(node_views(fleet_status(), node)) == 3, 10, what="3 views of the recycle worker")
         generation = force(own_store(redis_client), "primary", BreakerState.FORCED_OPEN)
-        status = wait_until(fleet_agrees("forced_open", node=node, processes=3), 10, "trip in that worker")
+        status = wait_until(fleet_agrees("forced_open", node=node, processes=3), 10, what="trip in that worker")
         first_children = {v["pid"] for v in node_views(status, node) if v["role"] == "worker-child"}
 
         answers = send(4, queue=queue)  # every task ends its child: the last two ran in fresh ones
@@ -253,13 +245,13 @@ def test_recycled_children_start_with_the_current_state(clean, redis_client):
             children = {v["pid"] for v in node_views(status, node) if v["role"] == "worker-child"}
             return status if children and not children & first_children else None
 
-        status = wait_until(replaced, 15, "replacement children with the current state")
+        status = wait_until(replaced, 15, what="replacement children with the current state")
         for v in node_views(status, node):
             assert v["breakers"]["primary"]["generation"] == generation
         assert proc.poll() is None
     finally:
         stop_worker(proc)
-    wait_until(lambda: not node_views(fleet_status(), node), 10, "the stopped worker's views to go")
+    wait_until(lambda: not node_views(fleet_status(), node), 10, what="the stopped worker's views to go")
 
 
 # -- 5. a Redis restart: sync resumes and nothing stays stale --------------------------------------
@@ -278,7 +270,7 @@ def _start_redis(port: int) -> subprocess.Popen[bytes]:
         except redis.RedisError:
             return False
 
-    wait_until(up, 10, f"redis-server on port {port}")
+    wait_until(up, 10, what=f"redis-server on port {port}")
     return proc
 
 
@@ -338,12 +330,12 @@ def test_sync_resumes_after_a_redis_restart_and_nothing_stays_stale(clean, own_r
         else:
             os.environ["FLEXITASKS_REDIS_URL"] = saved
     try:
-        wait_for_worker(app, "rr@")
+        wait_for_worker("rr@")
         # Several transitions, so the views hold a generation the fresh Redis will not reach.
         for state in (BreakerState.FORCED_OPEN, BreakerState.CLOSED, BreakerState.FORCED_OPEN):
             generation = force(store, "primary", state)
         assert generation == 3
-        wait_until(_agree_in(client, node, {"primary": ("forced_open", 3)}, 3), 10, "views in our Redis")
+        wait_until(_agree_in(client, node, {"primary": ("forced_open", 3)}, 3), 10, what="views in our Redis")
         # the main Redis saw none of it: the worker's sync really lives in ours
         assert not node_views(fleet_status(), node)
 
@@ -358,7 +350,7 @@ def test_sync_resumes_after_a_redis_restart_and_nothing_stays_stale(clean, own_r
         assert generation == 1  # lower than what the views held before the restart
         views = wait_until(
             _agree_in(client, node, {"primary": ("disabled", 1), "secondary": ("closed", 0)}, 3),
-            10, "every process to apply the new Redis's state",
+            10, what="every process to apply the new Redis's state",
         )
         assert {v["role"] for v in views} == {"worker-main", "worker-child"}
         assert all(outcomes(a) == [("primary", "ok")] for a in send(2, queue=queue))
@@ -372,7 +364,7 @@ def test_malformed_events_are_ignored_and_counted(clean, worker, redis_client):
     def snapshot_views() -> dict[int, dict[str, Any]]:
         return {v["pid"]: v for v in node_views(fleet_status(), MAIN_NODE)}
 
-    before = wait_until(fleet_agrees("closed"), 10, "a settled fleet")
+    before = wait_until(fleet_agrees("closed"), 10, what="a settled fleet")
     before_views = {v["pid"]: v for v in node_views(before, MAIN_NODE)}
     generation = before["providers"]["primary"]["generation"]
     bad = [
@@ -402,7 +394,7 @@ def test_malformed_events_are_ignored_and_counted(clean, worker, redis_client):
         )
         return views if ok else None
 
-    after = wait_until(counted, 10, "every process to count the invalid events")
+    after = wait_until(counted, 10, what="every process to count the invalid events")
     for pid, v in after.items():
         for provider, b in v["breakers"].items():
             old = before_views[pid]["breakers"][provider]
@@ -411,6 +403,6 @@ def test_malformed_events_are_ignored_and_counted(clean, worker, redis_client):
 
     # still applying valid transitions afterwards
     new_generation = force(own_store(redis_client), "primary", BreakerState.FORCED_OPEN)
-    status = wait_until(fleet_agrees("forced_open"), 10, "a valid event")
+    status = wait_until(fleet_agrees("forced_open"), 10, what="a valid event")
     assert status["providers"]["primary"]["generation"] == new_generation
     assert all(outcomes(a) == [("primary", "skipped"), ("secondary", "ok")] for a in send(2))

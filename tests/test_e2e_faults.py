@@ -13,23 +13,23 @@ from __future__ import annotations
 
 import itertools
 import time
-from collections.abc import Callable
 from typing import Any
 
 import pytest
 import redis
+from conftest import SETTINGS
 
 from flexitasks import AllProvidersFailed, ContentRejected, chat_task
 from flexitasks.breaker.redis_store import RedisBreakerStore
 from flexitasks.breaker.store import BreakerSnapshot, BreakerState
-from flexitasks.celery_app import settings
+from flexitasks.harness import wait_until
 
 pytestmark = pytest.mark.usefixtures("worker")
 
 MESSAGES = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Summarise this ticket"}]
-RETRY = settings.retry
-PRIMARY = settings.provider("primary")
-BREAKER = settings.breaker
+RETRY = SETTINGS.retry
+PRIMARY = SETTINGS.provider("primary")
+BREAKER = SETTINGS.breaker
 EPS = 0.02  # clock granularity between the worker's sleep and the fake's log stamps
 
 
@@ -47,16 +47,9 @@ def gaps(entries: list[dict[str, Any]]) -> list[float]:
 
 def breaker(redis_client: redis.Redis, name: str = "primary") -> BreakerSnapshot:
     store = RedisBreakerStore(
-        redis_client, key_prefix=settings.sync.key_prefix, channel=settings.sync.channel
+        redis_client, key_prefix=SETTINGS.sync.key_prefix, channel=SETTINGS.sync.channel
     )
     return store.snapshot([name])[name]
-
-
-def wait_until(check: Callable[[], bool], timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        assert time.monotonic() < deadline, "condition not reached in time"
-        time.sleep(0.01)
 
 
 def outcomes(result: dict[str, Any]) -> list[tuple[str, str]]:
@@ -71,7 +64,7 @@ def test_429_short_retry_after_is_waited_out_on_the_primary_and_cools_the_fleet(
     assert ra <= RETRY.retry_after_wait_max
     clean["primary"].admin.set_fault(status=429, retry_after=ra, count=1)
     first = chat_task.delay(MESSAGES)
-    wait_until(lambda: breaker(redis_client).state is BreakerState.OPEN)
+    wait_until(lambda: breaker(redis_client).state is BreakerState.OPEN, 10, interval=0.01, what="the breaker to open")
     others = [chat_task.delay(MESSAGES) for _ in range(3)]  # other processes, inside the window
 
     result = first.get(timeout=30)
@@ -253,7 +246,7 @@ def test_cut_or_malformed_stream_with_nowhere_to_go_is_a_clear_error(clean, mode
     with pytest.raises(AllProvidersFailed, match="secondary: truncated") as info:
         chat_task.delay(MESSAGES, providers=["secondary"]).get(timeout=60)
     assert "secondary:" in str(info.value)
-    runs = 1 + settings.celery.max_task_retries
+    runs = 1 + SETTINGS.celery.max_task_retries
     assert len(log(clean["secondary"])) == runs * (1 + RETRY.same_provider_retries)
 
 

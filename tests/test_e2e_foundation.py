@@ -130,11 +130,9 @@ def test_a_killed_child_loses_no_request(clean):
 
     from conftest import start_worker, stop_worker, wait_for_worker
 
-    from flexitasks import app
-
     proc = start_worker("-Q", "killq", name="killq", concurrency=2)
     try:
-        wait_for_worker(app, "killq@")
+        wait_for_worker("killq@")
         clean["primary"].admin.set_fault(latency=3.0, count=1)  # the first call hangs 3 s
         result = chat_task.apply_async(args=[MESSAGES], queue="killq")
         deadline = time.monotonic() + 30

@@ -2,7 +2,8 @@
 
 Owns only the wire calls; used by tests, the demo and the benchmarks, so it keeps one
 keep-alive ``http.client`` connection (the stdlib layer under ``urllib.request``) instead
-of opening a new TCP connection per call, and needs no third-party dependency.
+of opening a new TCP connection per call. A pure client: it imports nothing of the server
+(the server validates every fault and answers 400 with the reason).
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import threading
 from typing import Any
 from urllib.parse import urlsplit
 
-from .server import Fault
+from pydantic import BaseModel
 
 
 class FakeProviderAdmin:
@@ -52,12 +53,13 @@ class FakeProviderAdmin:
             raise err(f"{method} {self.url}{path} -> {resp.status}: {payload}")
         return payload
 
-    def set_fault(self, fault: Fault | None = None, /, **fields: Any) -> dict[str, Any]:
-        """Replace the current fault; pass a ``Fault`` or its fields (validated locally first)."""
+    def set_fault(self, fault: BaseModel | None = None, /, **fields: Any) -> dict[str, Any]:
+        """Replace the current fault; pass a ``Fault`` or its fields. An invalid fault raises
+        ``ValueError`` with the server's reason."""
         if fault is not None and fields:
             raise TypeError("pass either a Fault or keyword fields, not both")
-        fault = fault if fault is not None else Fault(**fields)
-        return self._call("POST", "/_admin/fault", fault.model_dump(exclude_defaults=True))["fault"]
+        body = fault.model_dump(exclude_defaults=True) if fault is not None else fields
+        return self._call("POST", "/_admin/fault", body)["fault"]
 
     def fault(self) -> dict[str, Any]:
         """The current fault (or None) and how many uses remain."""

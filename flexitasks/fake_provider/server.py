@@ -536,7 +536,8 @@ class FakeProvider:
     @property
     def admin(self) -> FakeProviderAdmin:
         if self._admin is None:
-            from .admin import FakeProviderAdmin  # here, as admin.py imports Fault from this module
+            # Imported here: this file also runs as a script (no package for a relative import).
+            from .admin import FakeProviderAdmin
 
             self._admin = FakeProviderAdmin(self.url)
         return self._admin

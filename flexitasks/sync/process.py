@@ -1,27 +1,23 @@
 """Wires one process's breaker sync: Redis client, store, mirror, subscriber, gate.
 
-``process_gate()`` is what the runtime calls in any process that routes calls (prefork
-child, worker main process, a producer running tasks eagerly); it builds everything
-once per pid, so nothing made before a fork is used after it.
+``start_sync`` builds it from the settings it is given and starts the subscriber thread;
+the caller keeps it (the worker's bootstep, a child's runtime: ``runtime.py``) and stops
+it. Every transition the gate makes is sent as the ``breaker_transition`` signal. Holds
+no module state: two processes, or two apps, never share one.
 """
 
 from __future__ import annotations
 
-import logging
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import redis
 
-from flexitasks.breaker.gate import FleetGate, TransitionListener
+from flexitasks.breaker.gate import FleetGate
 from flexitasks.breaker.mirror import Mirror
 from flexitasks.breaker.redis_store import RedisBreakerStore
-from flexitasks.breaker.store import StoreResult
-from flexitasks.celery_app import settings
-from flexitasks.per_process import PerProcess
+from flexitasks.config import Settings
+from flexitasks.signals import announce
 from flexitasks.sync.subscriber import Subscriber
-
-log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -32,21 +28,14 @@ class ProcessSync:
     gate: FleetGate
     subscriber: Subscriber
 
-
-transition_listeners: list[TransitionListener] = []
-node_name: str | None = None  # set by the worker before forking its children
-role: str = "process"
-
-
-def _broadcast(result: StoreResult) -> None:
-    for listener in transition_listeners:
-        try:
-            listener(result)
-        except Exception:
-            log.exception("transition listener failed")
+    def stop(self) -> None:
+        """Stop the sync thread and remove this process's view."""
+        self.subscriber.stop()
 
 
-def build(wait: float = 1.0, on_transition: Callable[[StoreResult], None] = _broadcast) -> ProcessSync:
+def start_sync(settings: Settings, role: str = "process", node: str | None = None, wait: float = 1.0) -> ProcessSync:
+    """Build and start this process's sync; wait at most ``wait`` s for the first snapshot
+    (Celery kills a prefork child whose init blocks for 4 s)."""
     s = settings.sync
     client = redis.Redis.from_url(
         s.redis_url, socket_timeout=s.socket_timeout, socket_connect_timeout=s.socket_timeout
@@ -55,7 +44,7 @@ def build(wait: float = 1.0, on_transition: Callable[[StoreResult], None] = _bro
     store = RedisBreakerStore(client, key_prefix=s.key_prefix, channel=s.channel)
     mirror = Mirror(names)
     policies = {p.name: settings.breaker_policy(p) for p in settings.providers}
-    gate = FleetGate(store, mirror, policies, on_transition=on_transition)
+    gate = FleetGate(store, mirror, policies, on_transition=announce)
     sub = Subscriber(
         client,
         store,
@@ -67,16 +56,7 @@ def build(wait: float = 1.0, on_transition: Callable[[StoreResult], None] = _bro
         heartbeat_interval=s.heartbeat_interval,
         set_degraded=gate.set_degraded,
         role=role,
-        node=node_name,
+        node=node,
     )
     sub.start(wait=wait)
     return ProcessSync(client, store, mirror, gate, sub)
-
-
-_process = PerProcess(build)
-current = _process.get
-existing = _process.existing  # this process's sync if started, never a parent's
-
-
-def process_gate() -> FleetGate:
-    return current().gate

@@ -1,0 +1,36 @@
+"""The fleet's breakers as Redis holds them: authoritative state and every live process view.
+
+Read-only; shared by ``flexitasks status``, ``flexitasks metrics`` and the demo. Takes the
+settings it reads with (the Redis URL, key prefix, providers) as an argument.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import redis
+
+from flexitasks.breaker.redis_store import RedisBreakerStore
+from flexitasks.config import Settings
+
+STATE_COLOURS = {"closed": "green", "open": "red", "forced_open": "bold red", "half_open": "yellow",
+                 "disabled": "dim"}
+"""How the CLI and the demo colour a breaker state (rich markup)."""
+
+
+def fleet_status(settings: Settings) -> dict[str, Any]:
+    """``{"providers": {name: snapshot}, "processes": [view, ...]}`` from Redis."""
+    s = settings.sync
+    client = redis.Redis.from_url(s.redis_url, socket_timeout=s.socket_timeout,
+                                  socket_connect_timeout=s.socket_timeout)
+    try:
+        store = RedisBreakerStore(client, key_prefix=s.key_prefix, channel=s.channel)
+        names = [p.name for p in settings.providers]
+        providers = {name: snap.to_dict() for name, snap in store.snapshot(names).items()}
+        keys = sorted(client.scan_iter(match=f"{s.key_prefix}:proc:*", count=500))
+        processes = [json.loads(raw) for raw in client.mget(keys) if raw] if keys else []
+    finally:
+        client.close()
+    processes.sort(key=lambda p: (p.get("host", ""), p.get("role", ""), p.get("pid", 0)))
+    return {"providers": providers, "processes": processes}

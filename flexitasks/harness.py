@@ -1,0 +1,50 @@
+"""Small helpers for running flexitasks locally: a free port, polling for a condition.
+
+Shared by the tests, the benchmarks and the demo (which ships in the package, hence
+this module lives here). Owns nothing of the product's behaviour; imports only the
+standard library.
+"""
+
+from __future__ import annotations
+
+import socket
+import time
+from collections.abc import Callable
+from typing import TypeVar
+
+T = TypeVar("T")
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port nobody listens on right now (the OS picks it)."""
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+def wait_until(
+    check: Callable[[], T],
+    timeout: float,
+    *,
+    interval: float = 0.05,
+    what: str | None = None,
+    on_poll: Callable[[], None] | None = None,
+) -> T | None:
+    """Poll ``check`` until it returns something truthy and return that value.
+
+    On timeout: ``TimeoutError`` naming ``what`` and the last value seen when ``what`` is
+    given (tests), else ``None`` (callers that report the failure their own way).
+    ``on_poll`` runs before every check (the demo turns a pending signal into an exception).
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        if on_poll is not None:
+            on_poll()
+        value = check()
+        if value:
+            return value
+        if time.monotonic() >= deadline:
+            if what is not None:
+                raise TimeoutError(f"timed out after {timeout} s waiting for {what}; last seen: {value!r}")
+            return None
+        time.sleep(interval)
