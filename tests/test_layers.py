@@ -10,11 +10,6 @@ from importlinter.cli import lint_imports
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 
-# Owned by arch-wiring (issue 7): drop each pair when its cycle is gone.
-KNOWN_CYCLES = {
-    ("flexitasks.cli", "flexitasks.demo"),
-    ("flexitasks.fake_provider.admin", "flexitasks.fake_provider.server"),
-}
 
 
 def test_the_import_contracts_in_pyproject_are_kept(monkeypatch):
@@ -29,4 +24,4 @@ def test_no_module_imports_itself_back_through_others():
         for imported in graph.find_modules_directly_imported_by(module):
             if imported != module and graph.chain_exists(importer=imported, imported=module):
                 cycles.add(tuple(sorted((module, imported))))
-    assert cycles - KNOWN_CYCLES == set()
+    assert cycles == set()
