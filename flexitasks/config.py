@@ -17,7 +17,16 @@ import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from flexitasks.breaker.store import BreakerPolicy
 from flexitasks.errors import ConfigError
@@ -108,6 +117,30 @@ class ProviderSettings(_Section):
     stall_timeout: float = Field(default=15.0, gt=0)
     """Longest gap between stream events once tokens flow; past it the call fails over."""
     max_tokens: int = Field(default=1024, ge=1)
+    rpm: float | None = Field(default=None, gt=0, allow_inf_nan=False)
+    """Requests per minute across the whole fleet, spread smoothly (GCRA); unset: no limit."""
+    burst: float | None = Field(default=None, gt=0, allow_inf_nan=False)
+    """Requests that may start at once under ``rpm``; default one second's worth (at least 1)."""
+    tpm: int | None = Field(default=None, gt=0)
+    """Tokens per minute across the fleet: reserved before a call, settled with real usage after."""
+    max_in_flight: int | None = Field(default=None, gt=0)
+    """Calls in progress at once across the fleet (leases that expire if their holder dies)."""
+    weight: float = Field(default=1.0, gt=0, allow_inf_nan=False)
+    """Share of the traffic among providers of the same priority."""
+
+    @field_validator("burst")
+    @classmethod
+    def _burst_within_a_minute(cls, burst: float | None, info: ValidationInfo) -> float | None:
+        rpm = info.data.get("rpm")
+        if burst is None:
+            return None
+        if rpm is None:
+            raise ValueError("burst needs rpm")
+        if burst < 1:
+            raise ValueError("burst must be at least 1 request")
+        if burst > rpm:
+            raise ValueError(f"burst {burst:g} is more than a minute's worth of rpm ({rpm:g})")
+        return burst
 
     @model_validator(mode="after")
     def _compatible_needs_url(self) -> ProviderSettings:
