@@ -6,7 +6,6 @@ Pure rules run on ``MemoryLimiterBackend`` (the model the Lua is tested against 
 
 from __future__ import annotations
 
-import logging
 import random
 import subprocess
 import sys
@@ -115,13 +114,12 @@ def test_headroom_ages_with_time_and_describes_the_view(clock: Clock) -> None:
     assert limiter.headroom("p") == pytest.approx(0.5)
 
 
-def test_redis_unreachable_limits_this_process_alone(caplog: pytest.LogCaptureFixture) -> None:
+def test_redis_unreachable_limits_this_process_alone() -> None:
     client = redis.Redis(host="127.0.0.1", port=free_port(), socket_connect_timeout=0.2, socket_timeout=0.2)
     limiter = Limiter({"p": LimitPolicy(rpm=60.0, burst=1.0)}, RedisLimiterBackend(client, "t"))
-    with caplog.at_level(logging.WARNING, logger="flexitasks.limits.limiter"):
-        assert isinstance(limiter.admit("p", 0), Slot)
-        assert isinstance(limiter.admit("p", 0), Refusal)
-    assert "limiting this process alone" in caplog.text
+    assert isinstance(limiter.admit("p", 0), Slot)
+    assert limiter.degraded
+    assert isinstance(limiter.admit("p", 0), Refusal)
 
 
 def test_estimate_counts_size_framing_and_max_tokens() -> None:

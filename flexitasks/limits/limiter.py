@@ -83,6 +83,11 @@ class Limiter:
         self._owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
         self._serial = itertools.count(1)
 
+    @property
+    def degraded(self) -> bool:
+        """Serving from this process's memory because Redis failed a moment ago."""
+        return self.clock() < self._fallback_until
+
     def limited(self, provider: str) -> bool:
         policy = self.policies.get(provider)
         return policy is not None and policy.limited
