@@ -8,9 +8,20 @@ provider's own error text.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import Any
+
 
 class FlexitasksError(Exception):
-    """Base class of every error flexitasks raises on purpose."""
+    """Base class of every error flexitasks raises on purpose.
+
+    ``attempts``: the provider calls made before the error (the router's errors carry
+    them, so a failed run can be counted too); worker-side only, not rebuilt by a producer.
+    """
+
+    def __init__(self, message: str = "", *, attempts: Sequence[Any] = ()) -> None:
+        super().__init__(message)
+        self.attempts = list(attempts)
 
 
 class ConfigError(FlexitasksError):

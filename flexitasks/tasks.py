@@ -7,6 +7,9 @@ deadline (``request_timeout`` from its first run) travels with the retried messa
 in a header, so retries never stretch a request past it. Anything a provider refused
 fails at once. Every option that comes from settings (retries, backoff, deadline) is
 read from ``self.app.settings`` when the task runs, never when it is declared.
+A run that has to wait (``ComeBackLater``: a Retry-After, a cool-down)
+is re-queued with that countdown and its state in a header instead of holding the
+worker slot; such come-backs do not count against ``max_task_retries``.
 """
 
 from __future__ import annotations
@@ -20,9 +23,12 @@ from celery.utils.time import get_exponential_backoff_interval
 from flexitasks.celery_app import FlexitasksApp, app
 from flexitasks.config import CelerySettings
 from flexitasks.errors import AllProvidersFailed
+from flexitasks.failover.router import ComeBackLater, resume_state
 from flexitasks.models import ChatRequest
 
 DEADLINE_HEADER = "flexitasks_deadline"
+COMEBACKS_HEADER = "flexitasks_comebacks"  # how many of request.retries were come-backs
+RESUME_HEADER = "flexitasks_resume"  # the RunState a come-back resumes with
 
 
 def request_deadline(task: Task, request_timeout: float) -> float:
@@ -45,14 +51,22 @@ def chat_task(self: Task, messages: list[dict[str, Any]], **options: Any) -> dic
     flexi = cast(FlexitasksApp, self.app)
     settings = flexi.settings
     request = ChatRequest.parse(messages, options)
+    headers = self.request.headers or {}
     deadline = request_deadline(self, settings.retry.request_timeout)
+    comebacks = int(headers.get(COMEBACKS_HEADER) or 0)
+    resume = resume_state(headers.get(RESUME_HEADER))
     try:
-        return flexi.runtime.get().router.run(request, timeout=deadline - time.time()).model_dump()
+        return flexi.runtime.get().router.run(request, timeout=deadline - time.time(), resume=resume).model_dump()
+    except ComeBackLater as later:
+        if self.request.is_eager:  # run in the caller's thread: Celery re-runs it at once
+            time.sleep(later.delay)
+        carried = {DEADLINE_HEADER: deadline, COMEBACKS_HEADER: comebacks + 1,
+                   RESUME_HEADER: later.state.model_dump(mode="json")}
+        raise self.retry(countdown=later.delay, headers=carried, max_retries=self.request.retries + 1) from None
     except AllProvidersFailed as exc:
-        max_retries = settings.celery.max_task_retries
-        countdown = retry_countdown(settings.celery, self.request.retries)
-        if self.request.retries >= max_retries or time.time() + countdown >= deadline:
+        failed_runs = self.request.retries - comebacks  # come-backs are not failed runs
+        countdown = retry_countdown(settings.celery, failed_runs)
+        if failed_runs >= settings.celery.max_task_retries or time.time() + countdown >= deadline:
             raise
-        raise self.retry(
-            exc=exc, countdown=countdown, max_retries=max_retries, headers={DEADLINE_HEADER: deadline}
-        ) from None
+        carried = {DEADLINE_HEADER: deadline, COMEBACKS_HEADER: comebacks}
+        raise self.retry(exc=exc, countdown=countdown, headers=carried, max_retries=self.request.retries + 1) from None

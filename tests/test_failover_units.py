@@ -22,9 +22,9 @@ from flexitasks.config import ProviderSettings, RetrySettings
 from flexitasks.errors import AllProvidersFailed, ContentRejected, RequestRejected
 from flexitasks.failover.classify import classify, parse_retry_after, retry_after_from
 from flexitasks.failover.policy import Action, backoff_wait, default_policy
-from flexitasks.failover.router import ADMIT_GRACE, Router
+from flexitasks.failover.router import ADMIT_GRACE, INLINE_PAUSE_MAX, ComeBackLater, Router, RunState, resume_state
 from flexitasks.failures import FailureKind, ProviderFailure
-from flexitasks.models import ChatRequest
+from flexitasks.models import ChatRequest, ChatResult
 from flexitasks.providers.base import Completion
 from flexitasks.providers.deadlines import TAIL_GRACE, StreamWatch, http_timeout
 
@@ -263,6 +263,32 @@ def make_router(
     return router, p, s, gate
 
 
+class Requeue:
+    """Celery's part in a come-back: wait the countdown off the worker, run again with the state."""
+
+    def __init__(self, router: Router, clock: Clock) -> None:
+        self.router, self.clock = router, clock
+        self.comebacks: list[float] = []
+
+    def __call__(self, request: ChatRequest = REQUEST) -> ChatResult:
+        deadline = self.clock.now + self.router.request_timeout
+        state: RunState | None = None
+        while True:
+            try:
+                return self.router.run(request, timeout=deadline - self.clock.now, resume=state)
+            except ComeBackLater as later:
+                assert self.clock.now + later.delay < deadline
+                self.comebacks.append(later.delay)
+                self.clock.now += later.delay
+                state = resume_state(later.state.model_dump(mode="json"))  # as a header carries it
+            finally:
+                assert all(pause <= INLINE_PAUSE_MAX for pause in self.clock.sleeps)
+
+
+def serve(router: Router, clock: Clock) -> ChatResult:
+    return Requeue(router, clock)()
+
+
 def starts(script: Script) -> list[float]:
     return [t for t, _ in script.calls]
 
@@ -270,26 +296,52 @@ def starts(script: Script) -> list[float]:
 def test_500_once_is_retried_on_the_primary_after_a_short_pause() -> None:
     clock = Clock()
     router, p, s, _ = make_router(clock, [failure(FailureKind.UNAVAILABLE), answer("primary")], [answer("x")])
-    result = router.run(REQUEST)
+    result = serve(router, clock)
     assert result.provider == "primary" and len(p.calls) == 2 and not s.calls
     assert 0.025 <= starts(p)[1] - starts(p)[0] - p.took <= 0.05
     assert [a.outcome for a in result.attempts] == ["error", "ok"]
 
 
-def test_short_retry_after_is_waited_out_and_cools_the_fleet() -> None:
+def test_short_retry_after_is_waited_out_off_the_worker_and_cools_the_fleet() -> None:
     clock = Clock()
     rl = failure(FailureKind.RATE_LIMITED, 1.5)
     router, p, s, gate = make_router(clock, [rl, answer("primary")], [answer("secondary")])
-    result = router.run(REQUEST)
+    requeue = Requeue(router, clock)
+    result = requeue()
     assert result.provider == "primary" and not s.calls
     assert gate.cooldowns == [("primary", 1.5)]
     assert starts(p)[1] - starts(p)[0] >= 1.5
+    assert requeue.comebacks == [1.5] and clock.sleeps == []  # the run ended; Celery waited
+    assert [a.outcome for a in result.attempts] == ["error", "ok"]  # both runs' attempts
+
+
+def test_a_long_backoff_comes_back_with_its_retries_counted_then_fails_over() -> None:
+    clock = Clock()
+    router, p, _s, _ = make_router(
+        clock, [failure(FailureKind.RATE_LIMITED)], [answer("secondary")], rate_limit_backoff=2.0
+    )
+    requeue = Requeue(router, clock)
+    assert requeue().provider == "secondary"
+    assert len(p.calls) == RETRY.rate_limit_attempts and len(requeue.comebacks) == RETRY.rate_limit_attempts - 1
+    assert all(delay > INLINE_PAUSE_MAX for delay in requeue.comebacks)
+
+
+def test_errors_the_router_raises_carry_the_attempts() -> None:
+    clock = Clock()
+    router, _p, _s, _ = make_router(clock, [failure(FailureKind.TIMEOUT)], [failure(FailureKind.MISCONFIGURED)])
+    with pytest.raises(AllProvidersFailed) as info:
+        serve(router, clock)
+    assert [(a.provider, a.outcome) for a in info.value.attempts] == [("primary", "error"), ("secondary", "error")]
+    router, _p, _s, _ = make_router(clock, [failure(FailureKind.BAD_REQUEST)], [answer("secondary")])
+    with pytest.raises(RequestRejected) as rejected:
+        serve(router, clock)
+    assert [a.provider for a in rejected.value.attempts] == ["primary"]
 
 
 def test_long_retry_after_fails_over_at_once() -> None:
     clock = Clock()
     router, p, _s, gate = make_router(clock, [failure(FailureKind.RATE_LIMITED, 30)], [answer("secondary")])
-    result = router.run(REQUEST)
+    result = serve(router, clock)
     assert result.provider == "secondary" and len(p.calls) == 1
     assert gate.cooldowns == [("primary", 30)] and clock.sleeps == []
     assert result.attempts[0].error.startswith("rate_limited")
@@ -299,10 +351,12 @@ def test_long_retry_after_with_nowhere_to_go_waits_for_the_cooldown() -> None:
     clock = Clock()
     rl = failure(FailureKind.RATE_LIMITED, 5.0)
     router, p, s, _ = make_router(clock, [rl, answer("primary")], [failure(FailureKind.TIMEOUT)])
-    result = router.run(REQUEST)
+    requeue = Requeue(router, clock)
+    result = requeue()
     assert result.provider == "primary"
     assert len(p.calls) == 2 and len(s.calls) == 1
     assert starts(p)[1] - starts(p)[0] >= 5.0
+    assert len(requeue.comebacks) == 1 and max(clock.sleeps, default=0.0) <= INLINE_PAUSE_MAX
     assert clock.now - 1000.0 < RETRY.request_timeout
 
 
@@ -311,7 +365,7 @@ def test_retry_after_past_the_deadline_gives_up_without_waiting() -> None:
     rl = failure(FailureKind.RATE_LIMITED, 60.0)
     router, p, _s, _ = make_router(clock, [rl], [failure(FailureKind.UNAVAILABLE)])
     with pytest.raises(AllProvidersFailed) as info:
-        router.run(REQUEST)
+        serve(router, clock)
     assert "primary: rate_limited" in str(info.value) and "secondary: unavailable" in str(info.value)
     assert len(p.calls) == 1 and sum(clock.sleeps) < 1.0
 
@@ -325,7 +379,7 @@ def test_a_provider_that_keeps_asking_for_time_is_called_once_per_cooldown() -> 
         request_timeout=10.0,
     )
     with pytest.raises(AllProvidersFailed):
-        router.run(REQUEST)
+        serve(router, clock)
     gaps = [b - a for a, b in zip(starts(p), starts(p)[1:], strict=False)]
     assert gaps and all(g >= 3.0 for g in gaps)
     assert len(s.calls) == 2  # secondary: one retry, and not again
@@ -337,7 +391,7 @@ def test_cooldown_set_elsewhere_is_waited_for_when_the_gate_knows_it() -> None:
     gate = Gate(clock, knows_reopen=True)
     gate.until["primary"] = clock.now + 4.0  # another process saw Retry-After: 4
     router, p, _s, _ = make_router(clock, [answer("primary")], [failure(FailureKind.TIMEOUT)], gate=gate)
-    result = router.run(REQUEST)
+    result = serve(router, clock)
     assert result.provider == "primary" and starts(p)[0] >= 1004.0
     assert [a.outcome for a in result.attempts] == ["skipped", "error", "ok"]
     assert "cooling down" in (result.attempts[0].error or "")
@@ -349,7 +403,7 @@ def test_skipped_without_a_known_reopen_time_fails_at_once() -> None:
     gate.until["primary"] = clock.now + 4.0
     router, p, _s, _ = make_router(clock, [answer("primary")], [failure(FailureKind.TIMEOUT)], gate=gate)
     with pytest.raises(AllProvidersFailed, match="skipped: circuit open"):
-        router.run(REQUEST)
+        serve(router, clock)
     assert not p.calls and clock.sleeps == []
 
 
@@ -360,14 +414,14 @@ def test_own_cooldown_is_admitted_despite_a_little_clock_skew() -> None:
     gate.cool_down = lambda p, s: real_cool_down(p, s + 0.1)  # the store's clock runs 100 ms ahead
     rl = failure(FailureKind.RATE_LIMITED, 1.0)
     router, _p, s, _ = make_router(clock, [rl, answer("primary")], [answer("secondary")], gate=gate)
-    assert router.run(REQUEST).provider == "primary" and not s.calls
+    assert serve(router, clock).provider == "primary" and not s.calls
     assert ADMIT_GRACE > 0.1
 
 
 def test_silent_provider_is_not_retried_and_the_answer_comes_from_the_next() -> None:
     clock = Clock()
     router, p, _s, gate = make_router(clock, [failure(FailureKind.TIMEOUT)], [answer("secondary")])
-    result = router.run(REQUEST)
+    result = serve(router, clock)
     assert len(p.calls) == 1 and result.provider == "secondary"
     assert result.model == "secondary-model" and result.usage.total_tokens == 5
     assert [(a.provider, a.outcome) for a in result.attempts] == [("primary", "error"), ("secondary", "ok")]
@@ -381,7 +435,7 @@ def test_nothing_starts_after_the_deadline_and_no_budget_crosses_it() -> None:
     router, p, s, _ = make_router(clock, [slow], [failure(FailureKind.UNAVAILABLE)], request_timeout=5.0)
     p.took = s.took = 3.0  # each call burns 3 s of a 5 s request
     with pytest.raises(AllProvidersFailed, match="request_timeout"):
-        router.run(REQUEST)
+        serve(router, clock)
     end = 1000.0 + 5.0
     for script in (p, s):
         for t, budget in script.calls:
@@ -393,7 +447,7 @@ def test_nothing_starts_after_the_deadline_and_no_budget_crosses_it() -> None:
 def test_context_length_fails_over_without_blame() -> None:
     clock = Clock()
     router, p, _s, gate = make_router(clock, [failure(FailureKind.CONTEXT_LENGTH)], [answer("secondary")])
-    assert router.run(REQUEST).provider == "secondary"
+    assert serve(router, clock).provider == "secondary"
     assert len(p.calls) == 1 and gate.blamed == []
 
 
@@ -402,7 +456,7 @@ def test_content_policy_fails_the_request_without_failover() -> None:
     refusal = ProviderFailure(FailureKind.CONTENT_POLICY, "Your request was rejected by our safety system.")
     router, p, s, gate = make_router(clock, [refusal], [answer("secondary")])
     with pytest.raises(ContentRejected, match="safety system"):
-        router.run(REQUEST)
+        serve(router, clock)
     assert len(p.calls) == 1 and not s.calls and gate.blamed == []
 
 
@@ -410,7 +464,7 @@ def test_other_bad_requests_fail_without_failover() -> None:
     clock = Clock()
     router, _p, s, _ = make_router(clock, [failure(FailureKind.BAD_REQUEST)], [answer("secondary")])
     with pytest.raises(RequestRejected):
-        router.run(REQUEST)
+        serve(router, clock)
     assert not s.calls
 
 
@@ -418,10 +472,10 @@ def test_content_policy_failover_when_configured() -> None:
     clock = Clock()
     refusal = ProviderFailure(FailureKind.CONTENT_POLICY, "blocked")
     router, _p, _s, _ = make_router(clock, [refusal], [answer("secondary")], content_policy_failover=True)
-    assert router.run(REQUEST).provider == "secondary"
+    assert serve(router, clock).provider == "secondary"
     router, _p, _s, _ = make_router(clock, [refusal], [refusal], content_policy_failover=True)
     with pytest.raises(ContentRejected, match="blocked"):
-        router.run(REQUEST)
+        serve(router, clock)
 
 
 # ------------------------------------------------------------------ stream deadlines

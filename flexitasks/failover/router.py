@@ -1,14 +1,16 @@
 """The failover loop: try providers in priority order until one answers.
 
-The only place where "which provider next" is decided. It asks the breaker gate
-whether a provider may be called, asks the policy what a failure means, and records
-every attempt. It owns no I/O of its own beyond sleeping between retries.
+The only place where "which provider next" is decided. For each provider in turn it
+runs three named steps: ``_admit`` (ask the breaker gate), ``_call`` (one adapter call,
+recorded as an attempt) and ``_after_failure`` (ask the policy what the failure means:
+retry here, go on, give up, or come back later). One ``RunState`` holds what a request
+has learned so far; it owns no I/O beyond pauses of at most ``INLINE_PAUSE_MAX``.
 
-Time: one run has a deadline (``request_timeout`` from its start). No call starts at or
-after it, every call's budget ends at it, and no wait crosses it. A provider that asked
-for a pause (Retry-After) is cooled down fleet-wide through the gate; if every other
-provider then fails or is skipped, the run waits for the earliest such cool-down to end,
-when that is before the deadline, and tries that provider again.
+Time: one run has a deadline (``request_timeout`` from its start, or what is left of the
+request's). No call starts at or after it and every call's budget ends at it. A wait
+longer than ``INLINE_PAUSE_MAX`` (a Retry-After, a fleet cool-down, a long backoff) is
+never slept here: the run ends with ``ComeBackLater(delay, state)`` and the caller
+(``tasks.py``) re-queues the request to resume with that state after ``delay``.
 """
 
 from __future__ import annotations
@@ -17,41 +19,61 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
+
+from pydantic import BaseModel, Field
 
 from flexitasks.breaker.permit import BreakerGate, Permit
 from flexitasks.config import ProviderSettings
-from flexitasks.errors import AllProvidersFailed, ContentRejected, InvalidRequest, RequestRejected
+from flexitasks.errors import AllProvidersFailed, ContentRejected, FlexitasksError, InvalidRequest, RequestRejected
 from flexitasks.failover.classify import classify
-from flexitasks.failover.policy import Action, FailoverPolicy
+from flexitasks.failover.policy import Action, Decision, FailoverPolicy
 from flexitasks.failures import FailureKind, ProviderFailure
-from flexitasks.models import Attempt, ChatRequest, ChatResult, Usage
+from flexitasks.models import Attempt, ChatRequest, ChatResult, Outcome, Usage
 from flexitasks.providers.base import Completion, ProviderAdapter
 
 log = logging.getLogger(__name__)
 
+INLINE_PAUSE_MAX = 0.5
+"""Longest pause a run takes inline (a jittered backoff); anything longer comes back later."""
 ADMIT_GRACE = 0.25
 """Seconds to keep asking for a provider whose cool-down is known to be over: the
-breaker store's clock and ours differ by a few milliseconds, and another process may
-hold the half-open probe for a moment."""
+breaker store's clock and ours differ by a few milliseconds, and another call may hold
+the half-open probe for a moment."""
 ADMIT_POLL = 0.02
 
 
-@dataclass
-class _Route:
-    """One provider's standing within one run."""
+class RunState(BaseModel):
+    """What one request has learned across its runs; JSON, carried by a come-back."""
 
-    provider: ProviderSettings
-    retries: int = 0  # calls after the first, across the whole run
-    back_at: float | None = None  # cooling down until then (router clock); None: done for this run
-    cooled: bool = False  # a cool-down we know of has ended: expect admission shortly
+    attempts: list[Attempt] = Field(default_factory=list)
+    retries: dict[str, int] = Field(default_factory=dict)  # calls after the first, per provider
+    done: list[str] = Field(default_factory=list)  # providers not to call again for this request
+    waiting: list[str] = Field(default_factory=list)  # providers the request came back for
+    last_error: dict[str, str] = Field(default_factory=dict)
+    refusal: str | None = None  # a content-policy refusal, when those fail over
+
+
+class ComeBackLater(FlexitasksError):
+    """No provider can serve the request now, but one can in ``delay`` seconds (before the
+    deadline): re-queue it then, resuming with ``state``. Not a failure of the request."""
+
+    def __init__(self, delay: float, state: RunState) -> None:
+        super().__init__(f"come back in {delay:.2f}s", attempts=state.attempts)
+        self.delay = delay
+        self.state = state
 
 
 @dataclass
 class _Run:
+    """One run: the request's state plus this run's own clock readings."""
+
     deadline: float
-    attempts: list[Attempt] = field(default_factory=list)
-    last_error: dict[str, str] = field(default_factory=dict)
-    refusal: str | None = None  # a content-policy refusal, when those fail over
+    state: RunState
+    back_at: dict[str, float] = field(default_factory=dict)  # provider -> free again (router clock)
+
+    def record(self, provider: str, outcome: Outcome, error: str | None = None, latency: float = 0.0) -> None:
+        self.state.attempts.append(Attempt(provider=provider, outcome=outcome, error=error, latency_ms=latency))
 
 
 class Router:
@@ -82,113 +104,128 @@ class Router:
             raise InvalidRequest(f"invalid chat request: providers: unknown provider(s) {', '.join(unknown)}")
         return [p for p in self.providers if p.name in request.providers]
 
-    def run(self, request: ChatRequest, timeout: float | None = None) -> ChatResult:
-        """``timeout``: what is left of the request's own deadline, if shorter than
-        ``request_timeout`` (a Celery retry of an earlier run)."""
+    def run(self, request: ChatRequest, timeout: float | None = None, resume: RunState | None = None) -> ChatResult:
+        """Serve one request, or raise ``ComeBackLater`` / a ``FlexitasksError`` carrying
+        ``.attempts``. ``timeout``: what is left of the request's own deadline, if shorter
+        than ``request_timeout``; ``resume``: the state a ``ComeBackLater`` carried."""
         start = self.clock()
         limit = self.request_timeout if timeout is None else max(min(timeout, self.request_timeout), 0.0)
-        run = _Run(deadline=start + limit)
-        routes = [_Route(p) for p in self.eligible(request)]
-        ready = list(routes)
-        while True:
-            for route in ready:
-                if self.clock() >= run.deadline:
-                    break
-                result = self._try_route(route, request, run)
-                if result is not None:
-                    result.latency_ms = round((self.clock() - start) * 1000, 3)
-                    return result
-            if not self._wait_for_cooldown(routes, run):
-                break
-            now = self.clock()
-            ready = [r for r in routes if r.back_at is not None and r.back_at <= now]
-            for route in ready:
-                route.cooled = True
-        if self.clock() >= run.deadline:
-            run.last_error.setdefault("(deadline)", f"request_timeout {self.request_timeout:g}s reached")
-        if run.refusal is not None:
-            raise ContentRejected(run.refusal)
-        errors = run.last_error.items()
-        summary = "; ".join(f"{name}: {err}" for name, err in errors) or "no provider configured"
-        raise AllProvidersFailed(f"all providers failed: {summary}")
+        run = _Run(deadline=start + limit, state=resume.model_copy(deep=True) if resume else RunState())
+        for provider in self.eligible(request):
+            if provider.name in run.state.done or self.clock() >= run.deadline:
+                continue
+            result = self._serve(provider, request, run)
+            if result is not None:
+                result.latency_ms = round((self.clock() - start) * 1000, 3)
+                return result
+        raise self._no_answer(run)
 
-    def _wait_for_cooldown(self, routes: list[_Route], run: _Run) -> bool:
-        """Nowhere else to go: sleep until the earliest cool-down ends, if before the deadline."""
-        ends = [r.back_at for r in routes if r.back_at is not None]
-        if not ends:
-            return False
-        wake = min(ends)
-        if wake >= run.deadline:
-            return False
-        log.info("every provider failed or is cooling down; waiting %.2fs", wake - self.clock())
-        self.sleep(max(wake - self.clock(), 0.0))
-        return True
-
-    def _admit(self, provider: str, run: _Run, patient: bool) -> Permit | None:
-        permit = self.gate.admit(provider)
-        if permit is not None or not patient:
-            return permit
-        until = min(self.clock() + ADMIT_GRACE, run.deadline)
-        while permit is None and self.clock() + ADMIT_POLL < until:
-            self.sleep(ADMIT_POLL)
-            permit = self.gate.admit(provider)
-        return permit
-
-    def _reopens_in(self, provider: str) -> float | None:
-        left = self.gate.reopens_in(provider)
-        return left if left is not None and left > 0 else None
-
-    def _try_route(self, route: _Route, request: ChatRequest, run: _Run) -> ChatResult | None:
-        """Call one provider, retrying it as the policy says; None means try elsewhere."""
-        provider = route.provider
-        patient, route.cooled, route.back_at = route.cooled, False, None
-        while True:
-            if self.clock() >= run.deadline:
-                return None
+    # -- the steps ----------------------------------------------------------------------------
+    def _serve(self, provider: ProviderSettings, request: ChatRequest, run: _Run) -> ChatResult | None:
+        """Admit, call, after-failure, for as long as the policy says retry here; None: go on."""
+        patient = provider.name in run.state.waiting
+        while self.clock() < run.deadline:
             permit = self._admit(provider.name, run, patient)
             if permit is None:
-                left = self._reopens_in(provider.name)
-                why = "circuit open" if left is None else f"cooling down, {left:.2f}s left"
-                run.attempts.append(Attempt(provider=provider.name, outcome="skipped", error=why))
-                run.last_error.setdefault(provider.name, f"skipped: {why}")
-                if left is not None:
-                    route.back_at = self.clock() + left
                 return None
-            t0 = self.clock()
             try:
-                completion = self.adapters[provider.name].complete(request, max(run.deadline - t0, 0.001))
-            except Exception as exc:
-                failure = classify(exc)
-                latency = round((self.clock() - t0) * 1000, 3)
-                run.attempts.append(
-                    Attempt(provider=provider.name, outcome="error", error=str(failure), latency_ms=latency)
-                )
-                run.last_error[provider.name] = str(failure)
-                self.gate.failed(permit, failure)
-                decision = self.policy.decide(failure, route.retries)
-                cool_end = None
-                if decision.cool_down:
-                    self.gate.cool_down(provider.name, decision.cool_down)
-                    cool_end = self.clock() + decision.cool_down
-                self._log(provider, failure, decision.action)
-                if decision.action is Action.FAIL_REQUEST:
-                    error = ContentRejected if failure.kind is FailureKind.CONTENT_POLICY else RequestRejected
-                    raise error(f"{provider.name} rejected the request: {failure.message}") from None
-                if failure.kind is FailureKind.CONTENT_POLICY:
-                    run.refusal = f"{provider.name} rejected the request: {failure.message}"
-                if decision.action is Action.RETRY_SAME and self.clock() + decision.wait < run.deadline:
-                    self.sleep(decision.wait)
-                    route.retries += 1
-                    patient = cool_end is not None
-                    continue
-                if cool_end is not None:  # may come back after the cool-down: that will be a retry
-                    route.retries += 1
-                    route.back_at = cool_end
-                return None
-            self.gate.succeeded(permit)
+                completion = self._call(provider.name, permit, request, run)
+            except ProviderFailure as failure:
+                decision = self._after_failure(provider, permit, failure, run)
+                if decision is None:
+                    return None
+                patient = decision.cool_down is not None
+                continue
+            return _result(provider.name, completion, run.state.attempts)
+        return None
+
+    def _admit(self, provider: str, run: _Run, patient: bool) -> Permit | None:
+        """Ask the gate; a provider whose cool-down just ended gets ``ADMIT_GRACE`` of
+        polling. A refusal is recorded as a skipped attempt, with the reopen time if known."""
+        permit = self.gate.admit(provider)
+        until = min(self.clock() + ADMIT_GRACE, run.deadline)
+        while permit is None and patient and self.clock() + ADMIT_POLL < until:
+            self.sleep(ADMIT_POLL)
+            permit = self.gate.admit(provider)
+        if permit is not None:
+            return permit
+        left = self.gate.reopens_in(provider)
+        left = left if left is not None and left > 0 else None
+        why = "circuit open" if left is None else f"cooling down, {left:.2f}s left"
+        run.record(provider, "skipped", why)
+        run.state.last_error.setdefault(provider, f"skipped: {why}")
+        if left is not None:
+            run.back_at[provider] = self.clock() + left
+        else:
+            run.state.done.append(provider)
+        return None
+
+    def _call(self, provider: str, permit: Permit, request: ChatRequest, run: _Run) -> Completion:
+        """One adapter call within the run's deadline; reports the outcome to the gate."""
+        t0 = self.clock()
+        try:
+            completion = self.adapters[provider].complete(request, max(run.deadline - t0, 0.001))
+        except Exception as exc:
+            failure = classify(exc)
             latency = round((self.clock() - t0) * 1000, 3)
-            run.attempts.append(Attempt(provider=provider.name, outcome="ok", latency_ms=latency))
-            return _result(provider.name, completion, run.attempts)
+            run.record(provider, "error", str(failure), latency)
+            run.state.last_error[provider] = str(failure)
+            self.gate.failed(permit, failure)
+            raise failure from None
+        self.gate.succeeded(permit)
+        run.record(provider, "ok", latency=round((self.clock() - t0) * 1000, 3))
+        return completion
+
+    def _after_failure(
+        self, provider: ProviderSettings, permit: Permit, failure: ProviderFailure, run: _Run
+    ) -> Decision | None:
+        """What the policy makes of a failure: the decision to retry here now (after a
+        short inline pause), None to go on, or a raise (the request fails, or comes back)."""
+        name = provider.name
+        decision = self.policy.decide(failure, run.state.retries.get(name, 0))
+        if decision.cool_down:
+            self.gate.cool_down(name, decision.cool_down)
+        self._log(provider, failure, decision.action)
+        if decision.action is Action.FAIL_REQUEST:
+            error = ContentRejected if failure.kind is FailureKind.CONTENT_POLICY else RequestRejected
+            raise error(f"{name} rejected the request: {failure.message}", attempts=run.state.attempts)
+        if failure.kind is FailureKind.CONTENT_POLICY:
+            run.state.refusal = f"{name} rejected the request: {failure.message}"
+        wait = decision.wait
+        if decision.action is Action.RETRY_SAME and self.clock() + wait < run.deadline:
+            run.state.retries[name] = run.state.retries.get(name, 0) + 1
+            if wait > INLINE_PAUSE_MAX:  # the preferred provider is worth a come-back, not a held slot
+                raise self._come_back(run, wait, [name])
+            self.sleep(wait)
+            return decision
+        if decision.cool_down is not None:  # may come back after the cool-down: that will be a retry
+            run.state.retries[name] = run.state.retries.get(name, 0) + 1
+            run.back_at[name] = self.clock() + decision.cool_down
+        else:
+            run.state.done.append(name)
+        return None
+
+    # -- the end of a run without an answer -------------------------------------------------------
+    def _no_answer(self, run: _Run) -> FlexitasksError:
+        """Come back for the earliest known cool-down if it ends before the deadline; else fail."""
+        now = self.clock()
+        if run.back_at and now < run.deadline:
+            wake = min(run.back_at.values())
+            if wake < run.deadline:
+                return self._come_back(run, max(wake - now, 0.0), [n for n, t in run.back_at.items() if t <= wake])
+        if now >= run.deadline:
+            run.state.last_error.setdefault("(deadline)", f"request_timeout {self.request_timeout:g}s reached")
+        if run.state.refusal is not None:
+            return ContentRejected(run.state.refusal, attempts=run.state.attempts)
+        errors = run.state.last_error.items()
+        summary = "; ".join(f"{name}: {err}" for name, err in errors) or "no provider configured"
+        return AllProvidersFailed(f"all providers failed: {summary}", attempts=run.state.attempts)
+
+    @staticmethod
+    def _come_back(run: _Run, delay: float, waiting: list[str]) -> ComeBackLater:
+        log.info("no provider free now; coming back in %.2fs for %s", delay, ", ".join(waiting))
+        run.state.waiting = waiting
+        return ComeBackLater(delay, run.state)
 
     @staticmethod
     def _log(provider: ProviderSettings, failure: ProviderFailure, action: Action) -> None:
@@ -196,6 +233,11 @@ class Router:
             log.error("provider %s is misconfigured (%s); failing over", provider.name, failure)
         else:
             log.warning("provider %s failed (%s); %s", provider.name, failure, action.value)
+
+
+def resume_state(carried: Any) -> RunState | None:
+    """The ``RunState`` a re-queued request carries (JSON from a message header), if any."""
+    return None if carried is None else RunState.model_validate(carried)
 
 
 def _result(provider: str, completion: Completion, attempts: list[Attempt]) -> ChatResult:
