@@ -25,6 +25,7 @@ from flexitasks.config import CelerySettings
 from flexitasks.errors import AllProvidersFailed
 from flexitasks.failover.router import ComeBackLater, resume_state
 from flexitasks.models import ChatRequest
+from flexitasks.streaming import sink as _stream_sink  # noqa: F401  (ends a streamed task's stream: signals)
 
 DEADLINE_HEADER = "flexitasks_deadline"
 COMEBACKS_HEADER = "flexitasks_comebacks"  # how many of request.retries were come-backs

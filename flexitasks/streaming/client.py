@@ -1,0 +1,115 @@
+"""``stream_chat``: enqueue a chat task and yield its answer as the provider produces it.
+
+Owns the blocking reader of a task's stream (XREAD BLOCK from id 0, so no entry written
+before the first read is lost) and the caller's view of it (``events.Replay``). Errors
+are those of ``AsyncResult.get()``: when the stream says the task failed, or when it
+stays silent while the task's result is already stored (entries lost to a Redis
+outage, a worker without streaming), the result backend has the last word.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import redis
+from celery.exceptions import TimeoutError as CeleryTimeoutError
+from celery.result import AsyncResult
+
+from flexitasks.per_process import PerProcess
+from flexitasks.streaming.events import STREAM_HEADER, Replay, decode, stream_key
+
+POLL = 1.0
+"""Longest XREAD BLOCK: after this much silence the reader checks the task's result."""
+BATCH = 512
+
+
+def _chat_task() -> Any:
+    import flexitasks
+
+    return flexitasks.chat_task
+
+
+def _sync_settings() -> Any:
+    return _chat_task().app.settings.sync
+
+
+_readers: PerProcess[dict[tuple[str, float], redis.Redis]] = PerProcess(dict)
+
+
+def _reader(url: str, socket_timeout: float) -> redis.Redis:
+    """This process's blocking reader client for ``url`` (XREAD BLOCK holds a connection
+    of its pool per stream being read)."""
+    readers = _readers.get()
+    client = readers.get((url, socket_timeout))
+    if client is None:
+        client = redis.Redis.from_url(url, socket_timeout=POLL + socket_timeout, socket_connect_timeout=socket_timeout)
+        client = readers.setdefault((url, socket_timeout), client)
+    return client
+
+
+def enqueue(messages: list[dict[str, Any]], options: dict[str, Any]) -> AsyncResult:
+    """Send ``flexitasks.chat`` with the streaming header (never among the task's options)."""
+    return _chat_task().apply_async(
+        args=[messages], kwargs=options, task_id=str(uuid.uuid4()), headers={STREAM_HEADER: True}
+    )
+
+
+class ChatStream:
+    """The events of one streamed chat task; iterate once. ``task_id`` names the task."""
+
+    def __init__(self, result: AsyncResult, client: redis.Redis, key: str, timeout: float | None) -> None:
+        self.result = result
+        self.task_id: str = result.id
+        self._events = _follow(result, client, key, None if timeout is None else time.monotonic() + timeout)
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        return self._events
+
+    def __next__(self) -> dict[str, Any]:
+        return next(self._events)
+
+
+def stream_chat(messages: list[dict[str, Any]], *, timeout: float | None = None, **options: Any) -> ChatStream:
+    """Enqueue the chat task now; iterate the result for ``delta`` / ``restart`` /
+    ``tool_call`` events and ``done`` (with the task's result) last. ``timeout``: seconds
+    for the whole answer, then ``celery.exceptions.TimeoutError`` as ``get(timeout)`` raises."""
+    sync = _sync_settings()
+    client = _reader(sync.redis_url, sync.socket_timeout)
+    result = enqueue(messages, options)
+    return ChatStream(result, client, stream_key(sync.key_prefix, result.id), timeout)
+
+
+def _left(deadline: float | None) -> float | None:
+    if deadline is None:
+        return None
+    left = deadline - time.monotonic()
+    if left <= 0:
+        raise CeleryTimeoutError("The operation timed out.")
+    return left
+
+
+def _follow(result: AsyncResult, client: redis.Redis, key: str, deadline: float | None) -> Iterator[dict[str, Any]]:
+    replay, last = Replay(), "0-0"
+    while True:
+        left = _left(deadline)
+        block = POLL if left is None else min(POLL, left)
+        reply = client.xread({key: last}, count=BATCH, block=max(1, int(block * 1000)))
+        if not reply:
+            if result.ready():  # the stream went quiet but the task is over: its result decides
+                yield {"type": "done", "result": result.get(propagate=True)}
+                return
+            continue
+        entries = []
+        for _stream, items in reply:
+            for entry_id, fields in items:
+                last = entry_id
+                entries.append(decode(fields))
+        yield from replay.feed(entries)
+        if replay.failed:
+            value = result.get(timeout=_left(deadline), propagate=True)  # raises the task's error
+            yield {"type": "done", "result": value}
+        if replay.finished:
+            return
