@@ -19,6 +19,8 @@ from flexitasks.errors import (
     InvalidRequest,
     RequestRejected,
 )
+from flexitasks.streaming.aio import achat, astream_chat
+from flexitasks.streaming.client import stream_chat
 from flexitasks.tasks import chat_task
 
 __all__ = [
@@ -29,6 +31,9 @@ __all__ = [
     "FlexitasksError",
     "InvalidRequest",
     "RequestRejected",
+    "achat",
     "app",
+    "astream_chat",
     "chat_task",
+    "stream_chat",
 ]

@@ -7,8 +7,7 @@ import time
 
 import pytest
 
-from flexitasks import InvalidRequest
-from flexitasks.streaming import achat, stream_chat
+from flexitasks import InvalidRequest, achat, stream_chat
 
 pytestmark = pytest.mark.usefixtures("worker")
 

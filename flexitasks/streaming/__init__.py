@@ -6,23 +6,6 @@
 - worker side: the per-task delta sink (``sink.py``) and the per-process writer
   (``writer.py``); the wire format is ``events.py``.
 
-Importing this package loads no Celery app and opens no connection.
+The three caller functions are exported by ``flexitasks`` itself; this package's
+``__init__`` imports nothing, so the worker side loads none of the caller side.
 """
-
-from __future__ import annotations
-
-from typing import Any
-
-__all__ = ["achat", "astream_chat", "stream_chat"]
-
-
-def __getattr__(name: str) -> Any:
-    if name == "stream_chat":
-        from flexitasks.streaming.client import stream_chat
-
-        return stream_chat
-    if name in ("achat", "astream_chat"):
-        from flexitasks.streaming import aio
-
-        return getattr(aio, name)
-    raise AttributeError(f"module 'flexitasks.streaming' has no attribute {name!r}")

@@ -29,8 +29,9 @@ from celery.exceptions import TimeoutError as CeleryTimeoutError
 from celery.result import AsyncResult
 from redis.exceptions import RedisError
 
+from flexitasks.celery_app import app
 from flexitasks.errors import ConfigError
-from flexitasks.streaming.client import BATCH, POLL, _chat_task
+from flexitasks.streaming.client import BATCH, POLL, TASK_NAME
 from flexitasks.streaming.events import STREAM_HEADER, Replay, decode, stream_key
 
 log = logging.getLogger(__name__)
@@ -40,7 +41,7 @@ _send_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="flexitasks-se
 
 async def _send(messages: list[dict[str, Any]], options: dict[str, Any], stream: bool) -> str:
     task_id = str(uuid.uuid4())
-    send = partial(_chat_task().apply_async, args=[messages], kwargs=options, task_id=task_id,
+    send = partial(app.send_task, TASK_NAME, args=[messages], kwargs=options, task_id=task_id,
                    headers={STREAM_HEADER: True} if stream else None)
     result: AsyncResult = await asyncio.get_running_loop().run_in_executor(_send_pool, send)
     del result  # Celery's own result consumer lets go of the task when its AsyncResult goes
@@ -160,7 +161,6 @@ def _clients() -> _LoopClients:
     loop = asyncio.get_running_loop()
     held = _per_loop.get(loop)
     if held is None:
-        app = _chat_task().app
         backend_url = str(app.conf.result_backend or "")
         if not backend_url.startswith(("redis://", "rediss://", "unix://")):
             raise ConfigError(f"achat/astream_chat need a Redis result backend, not {backend_url.split(':')[0]!r}")

@@ -18,6 +18,7 @@ import redis
 from celery.exceptions import TimeoutError as CeleryTimeoutError
 from celery.result import AsyncResult
 
+from flexitasks.celery_app import app
 from flexitasks.per_process import PerProcess
 from flexitasks.streaming.events import STREAM_HEADER, Replay, decode, stream_key
 
@@ -26,14 +27,11 @@ POLL = 1.0
 BATCH = 512
 
 
-def _chat_task() -> Any:
-    import flexitasks
-
-    return flexitasks.chat_task
+TASK_NAME = "flexitasks.chat"
 
 
 def _sync_settings() -> Any:
-    return _chat_task().app.settings.sync
+    return app.settings.sync
 
 
 _readers: PerProcess[dict[tuple[str, float], redis.Redis]] = PerProcess(dict)
@@ -52,8 +50,8 @@ def _reader(url: str, socket_timeout: float) -> redis.Redis:
 
 def enqueue(messages: list[dict[str, Any]], options: dict[str, Any]) -> AsyncResult:
     """Send ``flexitasks.chat`` with the streaming header (never among the task's options)."""
-    return _chat_task().apply_async(
-        args=[messages], kwargs=options, task_id=str(uuid.uuid4()), headers={STREAM_HEADER: True}
+    return app.send_task(
+        TASK_NAME, args=[messages], kwargs=options, task_id=str(uuid.uuid4()), headers={STREAM_HEADER: True}
     )
 
 
