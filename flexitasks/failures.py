@@ -19,6 +19,7 @@ class FailureKind(enum.StrEnum):
     CONTEXT_LENGTH = "context_length"  # too long for this model: next provider, provider not blamed
     CONTENT_POLICY = "content_policy"  # refused content: fail the request
     BAD_REQUEST = "bad_request"  # any other 400: fail the request
+    INVALID_OUTPUT = "invalid_output"  # answer not the JSON asked for: next provider, provider not blamed
 
     @property
     def blames_provider(self) -> bool:

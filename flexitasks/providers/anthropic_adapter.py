@@ -18,6 +18,7 @@ from flexitasks.models import ChatRequest
 from flexitasks.per_process import PerProcess
 from flexitasks.providers.base import Completion, require_key
 from flexitasks.providers.deadlines import StreamWatch, WatchedTransport, http_timeout
+from flexitasks.providers.wire import anthropic_params
 
 _OUTPUT_DELTAS = ("text_delta", "thinking_delta", "input_json_delta", "citations_delta", "signature_delta")
 
@@ -37,17 +38,7 @@ class AnthropicAdapter:
         )
 
     def _params(self, request: ChatRequest) -> dict[str, Any]:
-        params: dict[str, Any] = {
-            "model": self.settings.model,
-            "messages": [{"role": m.role, "content": m.content} for m in request.turns],
-            "max_tokens": request.max_tokens or self.settings.max_tokens,
-            "stream": True,
-        }
-        if request.system:
-            params["system"] = request.system
-        if request.temperature is not None:
-            params["temperature"] = min(request.temperature, 1.0)  # Anthropic's range is 0..1
-        return params
+        return anthropic_params(request, self.settings)
 
     def complete(self, request: ChatRequest, budget: float) -> Completion:
         parts: list[str] = []

@@ -17,6 +17,7 @@ from flexitasks.models import ChatRequest
 from flexitasks.per_process import PerProcess
 from flexitasks.providers.base import Completion, require_key
 from flexitasks.providers.deadlines import StreamWatch, WatchedTransport, http_timeout
+from flexitasks.providers.wire import openai_params
 
 
 def _has_output(delta: Any) -> bool:
@@ -48,16 +49,7 @@ class OpenAIAdapter:
         )
 
     def _params(self, request: ChatRequest) -> dict[str, Any]:
-        params: dict[str, Any] = {
-            "model": self.settings.model,
-            "messages": [{"role": m.role, "content": m.content} for m in request.messages],
-            "max_tokens": request.max_tokens or self.settings.max_tokens,
-            "stream": True,
-            "stream_options": {"include_usage": True},
-        }
-        if request.temperature is not None:
-            params["temperature"] = request.temperature
-        return params
+        return openai_params(request, self.settings)
 
     def complete(self, request: ChatRequest, budget: float) -> Completion:
         parts: list[str] = []
