@@ -11,6 +11,7 @@ in code, and whoever composes the objects passes them on (see ``celery_app.py``)
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import tomllib
@@ -30,6 +31,9 @@ from pydantic import (
 
 from flexitasks.breaker.store import BreakerPolicy
 from flexitasks.errors import ConfigError
+from flexitasks.redact import looks_secret, redact
+
+log = logging.getLogger(__name__)
 
 DEFAULT_REDIS = "redis://127.0.0.1:6379/0"
 ENV_OVERRIDES = {
@@ -51,15 +55,29 @@ class CelerySettings(_Section):
     max_task_retries: int = Field(default=3, ge=0)
     retry_backoff: int = Field(default=2, ge=1)  # Celery's factor: whole seconds
     retry_backoff_max: int = Field(default=60, ge=1)
+    show_content: bool = False
+    """Show prompts and answers in Flower, task events and Celery's logs (off: a summary:
+    message count, options, result fields with the content hidden). Results keep them."""
+
+
+REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
 
 
 class SyncSettings(_Section):
     redis_url: str = DEFAULT_REDIS
-    channel: str = "flexitasks:events"
+    channel: str = Field(default="flexitasks:events", min_length=1)
     key_prefix: str = Field(default="flexitasks", min_length=1)
     resync_interval: float = Field(default=5.0, gt=0)
     heartbeat_interval: float = Field(default=2.0, gt=0)
     socket_timeout: float = Field(default=2.0, gt=0)
+
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_scheme(cls, url: str) -> str:
+        if not url.startswith(REDIS_SCHEMES):
+            scheme = url.split("://", 1)[0] if "://" in url else "(none)"
+            raise ValueError(f"scheme {scheme!r} is not one of {', '.join(REDIS_SCHEMES)}")
+        return url
 
 
 class BreakerSettings(_Section):
@@ -105,7 +123,8 @@ class ProviderSettings(_Section):
     kind: ProviderKind
     model: str = Field(min_length=1)
     priority: int = 100
-    api_key_env: str | None = None
+    api_key_env: str | None = Field(default=None, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
+    """The NAME of the environment variable holding the key (never the key itself)."""
     base_url: str | None = None
     timeout: float = Field(default=60.0, gt=0)
     """Longest one call may take, the whole answer streamed (1024 tokens at 20 tokens/s fit)."""
@@ -146,6 +165,11 @@ class ProviderSettings(_Section):
     def _compatible_needs_url(self) -> ProviderSettings:
         if self.kind == "openai-compatible" and not self.base_url:
             raise ValueError("base_url is required for kind 'openai-compatible'")
+        if self.first_token_timeout > self.timeout:
+            raise ValueError(
+                f"first_token_timeout ({self.first_token_timeout:g}) is longer than timeout ({self.timeout:g}): "
+                "the whole call would be cut before its first token could be waited for"
+            )
         return self
 
     @property
@@ -170,6 +194,13 @@ class Settings(_Section):
             if p.name in seen:
                 raise ValueError(f"duplicate provider name {p.name!r}")
             seen.add(p.name)
+        for p in self.providers:
+            if self.retry.request_timeout < p.timeout:
+                log.warning(
+                    "%s: retry.request_timeout (%gs) is shorter than provider %s's timeout (%gs): "
+                    "its long answers will be cut by the request's deadline",
+                    self.source, self.retry.request_timeout, p.name, p.timeout,
+                )
         return self
 
     def provider(self, name: str) -> ProviderSettings:
@@ -240,6 +271,23 @@ def _describe(raw: dict[str, Any], loc: tuple[Any, ...]) -> str:
     return ".".join(parts) or "(top level)"
 
 
+_SECRET_FIELD = ("key", "secret", "token", "password", "passwd")
+
+
+def _echo(loc: tuple[Any, ...], err: Any) -> str:
+    """The offending value, for the error message, unless it may be a secret: a field
+    named like one (``api_key``, ``token`` ...) or a value shaped like a key is not shown."""
+    if err["type"] == "missing" or isinstance(err["input"], dict):
+        return ""
+    text = repr(err["input"])
+    named_secret = any(word in str(part).lower() for part in loc for word in _SECRET_FIELD)
+    if named_secret and not (loc and loc[-1] == "api_key_env" and not looks_secret(text)):
+        return " (value not shown: the field may hold a secret)"
+    if looks_secret(text):
+        return f" (got {redact(text)}: it looks like a secret; never put keys in the file)"
+    return f" (got {text})"
+
+
 def parse_settings(raw: dict[str, Any], source: str) -> Settings:
     """Validate a parsed TOML document plus environment overrides."""
     data = {k: (dict(v) if isinstance(v, dict) else v) for k, v in raw.items()}
@@ -254,10 +302,8 @@ def parse_settings(raw: dict[str, Any], source: str) -> Settings:
     except ValidationError as exc:
         lines = []
         for err in exc.errors():
-            got = f" (got {err['input']!r})" if err["type"] != "missing" and not isinstance(
-                err["input"], dict
-            ) else ""
-            lines.append(f"{source}: {_describe(raw, tuple(err['loc']))}: {err['msg']}{got}")
+            loc = tuple(err["loc"])
+            lines.append(f"{source}: {_describe(raw, loc)}: {err['msg']}{_echo(loc, err)}")
         raise ConfigError("invalid configuration:\n  " + "\n  ".join(lines)) from None
 
 

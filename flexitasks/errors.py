@@ -3,13 +3,16 @@
 Each takes a single message argument so Celery's JSON result backend can rebuild it
 on the producer side (``AsyncResult.get()`` re-raises the same class). Messages never
 contain API keys: they are built from provider names, error classes and the
-provider's own error text.
+provider's own error text, and every message passes through ``redact`` (a provider that
+echoes a key in its error text must not put it in a result, an event or a log).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from typing import Any
+
+from flexitasks.redact import redact
 
 
 class FlexitasksError(Exception):
@@ -19,8 +22,8 @@ class FlexitasksError(Exception):
     them, so a failed run can be counted too); worker-side only, not rebuilt by a producer.
     """
 
-    def __init__(self, message: str = "", *, attempts: Sequence[Any] = ()) -> None:
-        super().__init__(message)
+    def __init__(self, message: object = "", *, attempts: Sequence[Any] = ()) -> None:
+        super().__init__(redact(str(message)))
         self.attempts = list(attempts)
 
 

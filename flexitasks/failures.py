@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import enum
 
+from flexitasks.redact import redact
+
 
 class FailureKind(enum.StrEnum):
     UNAVAILABLE = "unavailable"  # connection error, 408, 5xx, overloaded: try again / elsewhere
@@ -43,6 +45,7 @@ class ProviderFailure(Exception):
     def __init__(
         self, kind: FailureKind, message: str, *, status: int | None = None, retry_after: float | None = None
     ) -> None:
+        message = redact(message)  # providers echo keys in error text; none goes further than here
         super().__init__(message)
         self.kind = kind
         self.message = message

@@ -31,6 +31,7 @@ from pydantic import (
 )
 
 from flexitasks.errors import InvalidRequest
+from flexitasks.redact import redact
 
 DEFAULT_MAX_REQUEST_BYTES = 20 * 1024 * 1024
 NAME_PATTERN = r"^[A-Za-z0-9_-]{1,64}$"  # OpenAI's rule for tool and schema names; Anthropic's is the same
@@ -504,6 +505,12 @@ class Attempt(BaseModel):
     outcome: Outcome
     error: str | None = None
     latency_ms: float = 0.0
+
+    @field_validator("error")
+    @classmethod
+    def _no_secrets(cls, error: str | None) -> str | None:
+        """Results are stored, shown in Flower and logged: no key-like text in them."""
+        return redact(error) if error else error
 
 
 class ResultToolCall(BaseModel):

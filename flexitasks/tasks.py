@@ -22,6 +22,7 @@ from celery.utils.time import get_exponential_backoff_interval
 
 from flexitasks.celery_app import FlexitasksApp, app
 from flexitasks.config import CelerySettings
+from flexitasks.disclosure import ChatTask
 from flexitasks.errors import AllProvidersFailed
 from flexitasks.failover.router import ComeBackLater, resume_state
 from flexitasks.models import ChatRequest
@@ -47,7 +48,7 @@ def retry_countdown(celery: CelerySettings, retries: int) -> float:
     )
 
 
-@app.task(bind=True, name="flexitasks.chat", acks_late=True, reject_on_worker_lost=True)
+@app.task(base=ChatTask, bind=True, name="flexitasks.chat", acks_late=True, reject_on_worker_lost=True)
 def chat_task(self: Task, messages: list[dict[str, Any]], **options: Any) -> dict[str, Any]:
     flexi = cast(FlexitasksApp, self.app)
     settings = flexi.settings

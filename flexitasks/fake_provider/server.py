@@ -57,6 +57,8 @@ class Fault(BaseModel):
     mode: Literal["normal", "hang", "reset", "malformed", "truncate", "no_done"] = "normal"
     count: int | None = Field(None, ge=1)
     paths: list[Literal["/v1/chat/completions", "/v1/messages"]] | None = None
+    message: str | None = Field(None, max_length=2000)
+    """The error's message text instead of the default (e.g. a provider echoing a key)."""
 
     def effective_status(self) -> int | None:
         """An ``error_code`` without a status means 400, as both APIs send for those codes."""
@@ -300,9 +302,12 @@ class _Handler(BaseHTTPRequestHandler):
             body = None
         body_ok, body = isinstance(body, dict), body if isinstance(body, dict) else {}
         entry = state.record(path, body.get("model"), body.get("stream") is True)
+        fault: Fault | None = None
 
         def error(status: int, code: str | None = None, headers: dict[str, str] | None = None) -> None:
             obj = _openai_error(status, code, body.get("model")) if openai else _anthropic_error(status, code)
+            if fault is not None and fault.message is not None:
+                obj["error"]["message"] = fault.message
             rid = {"x-request-id" if openai else "request-id": _rid("req_")}
             self._json(status, obj, {**rid, **(headers or {})})
             state.finish(entry, status)
