@@ -80,13 +80,8 @@ class ChatAnswer(Mapping[str, Any]):
 
 def show_content(app: Any) -> bool:
     """``celery.show_content`` of the app's settings (false when they cannot be read)."""
-    settings = getattr(app, "settings", None)
-    if settings is None:  # before settings moved onto the app
-        from flexitasks import celery_app
-
-        settings = celery_app.settings
-    celery = getattr(settings, "celery", None)
-    return bool(getattr(celery, "show_content", False))
+    settings = getattr(app, "settings", None)  # a FlexitasksApp's; any other app: hidden
+    return bool(settings is not None and settings.celery.show_content)
 
 
 class ChatTask(Task):
