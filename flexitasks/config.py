@@ -194,14 +194,18 @@ class Settings(_Section):
             if p.name in seen:
                 raise ValueError(f"duplicate provider name {p.name!r}")
             seen.add(p.name)
-        for p in self.providers:
-            if self.retry.request_timeout < p.timeout:
-                log.warning(
-                    "%s: retry.request_timeout (%gs) is shorter than provider %s's timeout (%gs): "
-                    "its long answers will be cut by the request's deadline",
-                    self.source, self.retry.request_timeout, p.name, p.timeout,
-                )
+        for warning in self.warnings():
+            log.warning("%s: %s", self.source, warning)
         return self
+
+    def warnings(self) -> list[str]:
+        """Settings that work but probably do not do what was meant (logged when loaded)."""
+        return [
+            f"retry.request_timeout ({self.retry.request_timeout:g}s) is shorter than provider {p.name}'s "
+            f"timeout ({p.timeout:g}s): its long answers will be cut by the request's deadline"
+            for p in self.providers
+            if self.retry.request_timeout < p.timeout
+        ]
 
     def provider(self, name: str) -> ProviderSettings:
         for p in self.providers:
