@@ -136,6 +136,10 @@ class ProviderSettings(_Section):
     stall_timeout: float = Field(default=15.0, gt=0)
     """Longest gap between stream events once tokens flow; past it the call fails over."""
     max_tokens: int = Field(default=1024, ge=1)
+    ca_bundle: str | None = None
+    """CA certificates (a PEM file, or a hashed directory) that verify the provider's TLS
+    certificate, e.g. a gateway's private CA; unset: the system store (``SSL_CERT_FILE`` /
+    ``SSL_CERT_DIR`` honoured)."""
     rpm: float | None = Field(default=None, gt=0, allow_inf_nan=False)
     """Requests per minute across the whole fleet, spread smoothly (GCRA); unset: no limit."""
     burst: float | None = Field(default=None, gt=0, allow_inf_nan=False)
@@ -160,6 +164,13 @@ class ProviderSettings(_Section):
         if burst > rpm:
             raise ValueError(f"burst {burst:g} is more than a minute's worth of rpm ({rpm:g})")
         return burst
+
+    @field_validator("ca_bundle")
+    @classmethod
+    def _ca_bundle_exists(cls, path: str | None) -> str | None:
+        if path is not None and not os.path.exists(path):
+            raise ValueError(f"no such file or directory: {path}")
+        return path
 
     @model_validator(mode="after")
     def _compatible_needs_url(self) -> ProviderSettings:

@@ -8,6 +8,8 @@
   runtime (nothing inherited is used: ``per_process.py``), waiting at most 1 s for the
   first snapshot (Celery kills a child whose init blocks for 4 s). Pools without
   children fire no such signal; the first task builds the runtime there;
+- at start (``worker_init``): a warning for each provider key that is missing, and the
+  socket-deadline self-test (``providers/deadlines.py``);
 - every ``breaker_transition`` this process sends becomes a Celery event
   (``breaker-opened`` ...), so Flower and event monitors see it.
 """
@@ -18,11 +20,12 @@ import logging
 from typing import Any
 
 from celery import bootsteps, current_app, current_task
-from celery.signals import worker_process_init, worker_process_shutdown
+from celery.signals import worker_init, worker_process_init, worker_process_shutdown
 
 from flexitasks.breaker.store import BreakerState, StoreResult
 from flexitasks.celery_app import FlexitasksApp
 from flexitasks.config import Settings
+from flexitasks.providers.deadlines import check_deadlines
 from flexitasks.signals import breaker_transition
 
 log = logging.getLogger(__name__)
@@ -91,6 +94,15 @@ def check_keys(settings: Settings) -> None:
             log.warning("flexitasks: provider %s has no api_key_env; it is called without a key", p.name)
 
 
+@worker_init.connect
+def _startup_checks(sender: Any = None, **_: Any) -> None:
+    """Once per worker, in its main process before the pool starts."""
+    flexi = getattr(sender, "app", None)
+    if isinstance(flexi, FlexitasksApp):
+        check_keys(flexi.settings)
+        check_deadlines()
+
+
 class BreakerSync(bootsteps.StartStopStep):
     """This worker's breaker sync in its main process (after the pool has forked its children)."""
 
@@ -99,12 +111,10 @@ class BreakerSync(bootsteps.StartStopStep):
 
     def __init__(self, w: Any, **kwargs: Any) -> None:
         self.app: FlexitasksApp = w.app
-        self.settings = w.app.settings
         w.breaker_sync = None
         super().__init__(w, **kwargs)
 
     def start(self, w: Any) -> None:
-        check_keys(self.settings)
         w.breaker_sync = self.app.runtime.start(role="worker-main", node=w.hostname).sync
 
     def stop(self, w: Any) -> None:

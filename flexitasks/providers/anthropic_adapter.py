@@ -34,7 +34,7 @@ class AnthropicAdapter:
             api_key=require_key(self.settings),
             base_url=self.settings.base_url,
             max_retries=0,
-            http_client=anthropic.DefaultHttpxClient(transport=WatchedTransport()),
+            http_client=anthropic.DefaultHttpxClient(transport=WatchedTransport(self.settings.ca_bundle)),
         )
 
     def _params(self, request: ChatRequest) -> dict[str, Any]:

@@ -4,16 +4,24 @@
 call's total); while it is active, every socket read and write the SDK makes in this
 thread waits only until the deadline of the current phase (``WatchedTransport``). So a
 provider that sends nothing is cut off at the limit itself, not at the next chunk that
-may never come, and a slow trickle of bytes cannot extend a deadline either. Knows
-nothing of providers' wire formats.
+may never come, and a slow trickle of bytes cannot extend a deadline either. The
+transport is an ``httpx2.BaseTransport`` (httpx's documented extension point) owning its
+connection pools; it applies the proxy environment and a configurable CA bundle.
+``check_deadlines`` is the worker's start-up self-test. Knows nothing of providers' wire
+formats.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
+import socket
+import ssl
 import threading
 import time
-from collections.abc import Callable, Iterable
+import urllib.request
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import httpcore2
@@ -191,25 +199,181 @@ class _WatchedBackend(httpcore2.NetworkBackend):
 
 _LIMITS = httpx2.Limits(max_connections=100, max_keepalive_connections=20)
 
+# httpcore2's exceptions as httpx2 raises them (what the SDKs catch), most specific first.
+_EXCEPTIONS: list[tuple[type[Exception], type[Exception]]] = [
+    (httpcore2.ConnectTimeout, httpx2.ConnectTimeout),
+    (httpcore2.ReadTimeout, httpx2.ReadTimeout),
+    (httpcore2.WriteTimeout, httpx2.WriteTimeout),
+    (httpcore2.PoolTimeout, httpx2.PoolTimeout),
+    (httpcore2.TimeoutException, httpx2.TimeoutException),
+    (httpcore2.ConnectError, httpx2.ConnectError),
+    (httpcore2.ReadError, httpx2.ReadError),
+    (httpcore2.WriteError, httpx2.WriteError),
+    (httpcore2.NetworkError, httpx2.NetworkError),
+    (httpcore2.ProxyError, httpx2.ProxyError),
+    (httpcore2.UnsupportedProtocol, httpx2.UnsupportedProtocol),
+    (httpcore2.LocalProtocolError, httpx2.LocalProtocolError),
+    (httpcore2.RemoteProtocolError, httpx2.RemoteProtocolError),
+    (httpcore2.ProtocolError, httpx2.ProtocolError),
+]
 
-class WatchedTransport(httpx2.HTTPTransport):
-    """httpx's own transport with a connection pool on the watched network backend.
 
-    If a future httpx2 moves its pool, this degrades to the plain transport (the socket
-    timeouts of ``http_timeout`` still hold, deadlines are then checked per chunk only).
+@contextlib.contextmanager
+def _as_httpx_errors() -> Iterator[None]:
+    try:
+        yield
+    except Exception as exc:
+        for core, mapped in _EXCEPTIONS:
+            if isinstance(exc, core):
+                raise mapped(str(exc)) from exc
+        raise
+
+
+class _Body(httpx2.SyncByteStream):
+    """A response body read through the pool; its errors surface as httpx2's."""
+
+    def __init__(self, stream: Iterable[bytes]) -> None:
+        self._stream = stream
+
+    def __iter__(self) -> Iterator[bytes]:
+        with _as_httpx_errors():
+            yield from self._stream
+
+    def close(self) -> None:
+        close = getattr(self._stream, "close", None)
+        if close is not None:
+            close()
+
+
+def ssl_context(ca_bundle: str | None, trust_env: bool = True) -> ssl.SSLContext:
+    """Verify providers against ``ca_bundle`` (a PEM file or a hashed directory) when given,
+    else the system store (``SSL_CERT_FILE`` / ``SSL_CERT_DIR`` honoured, as httpx does)."""
+    if ca_bundle is None:
+        return httpx2.create_ssl_context(trust_env=trust_env)
+    if os.path.isdir(ca_bundle):
+        return ssl.create_default_context(capath=ca_bundle)
+    return ssl.create_default_context(cafile=ca_bundle)
+
+
+Pool = httpcore2.ConnectionPool | httpcore2.HTTPProxy | httpcore2.SOCKSProxy
+
+
+class WatchedTransport(httpx2.BaseTransport):
+    """An httpx transport whose every socket wait ends at the active ``StreamWatch``'s deadline.
+
+    It owns its connection pools (httpcore2, on a network backend that shortens each read
+    and write to the phase deadline): one for direct connections and one per proxy in use.
+    A client given a transport of its own ignores the proxy environment, so this transport
+    applies it itself, as httpx would: ``HTTPS_PROXY`` / ``HTTP_PROXY`` / ``ALL_PROXY``
+    (``http``, ``https`` or, with ``socksio`` installed, ``socks5`` proxies) and ``NO_PROXY``,
+    read when the transport is built.
     """
 
-    def __init__(self, limits: httpx2.Limits = _LIMITS) -> None:
-        super().__init__(limits=limits)
-        if isinstance(getattr(self, "_pool", None), httpcore2.ConnectionPool):
-            self._pool = httpcore2.ConnectionPool(
-                ssl_context=httpx2.create_ssl_context(),
-                max_connections=limits.max_connections,
-                max_keepalive_connections=limits.max_keepalive_connections,
-                keepalive_expiry=limits.keepalive_expiry,
-                network_backend=_WatchedBackend(),
-            )
-        else:  # pragma: no cover - depends on the installed httpx2
-            log.warning("httpx2.HTTPTransport has no _pool: stream deadlines are checked per chunk only")
+    def __init__(
+        self, ca_bundle: str | None = None, limits: httpx2.Limits = _LIMITS, trust_env: bool = True
+    ) -> None:
+        self._ssl = ssl_context(ca_bundle, trust_env)
+        self._limits = limits
+        self._backend = _WatchedBackend()
+        self._proxies = urllib.request.getproxies_environment() if trust_env else {}
+        self._direct: Pool = httpcore2.ConnectionPool(ssl_context=self._ssl, **self._pool_options())
+        self._via: dict[str, Pool] = {}
+        self._lock = threading.Lock()
+
+    def _pool_options(self) -> dict[str, Any]:
+        return {
+            "max_connections": self._limits.max_connections,
+            "max_keepalive_connections": self._limits.max_keepalive_connections,
+            "keepalive_expiry": self._limits.keepalive_expiry,
+            "network_backend": self._backend,
+        }
+
+    def proxy_for(self, url: httpx2.URL) -> str | None:
+        """The proxy URL a request to ``url`` goes through (None: direct)."""
+        proxy = self._proxies.get(url.scheme) or self._proxies.get("all")
+        if not proxy or urllib.request.proxy_bypass_environment(url.host, self._proxies):
+            return None
+        return proxy if "://" in proxy else f"http://{proxy}"
+
+    def _pool(self, url: httpx2.URL) -> Pool:
+        proxy_url = self.proxy_for(url)
+        if proxy_url is None:
+            return self._direct
+        with self._lock:
+            pool = self._via.get(proxy_url)
+            if pool is None:
+                pool = self._via[proxy_url] = self._proxy_pool(httpx2.Proxy(proxy_url))
+            return pool
+
+    def _proxy_pool(self, proxy: httpx2.Proxy) -> Pool:
+        target = httpcore2.URL(
+            scheme=proxy.url.raw_scheme, host=proxy.url.raw_host, port=proxy.url.port, target=proxy.url.raw_path
+        )
+        if proxy.url.scheme in ("socks5", "socks5h"):
+            return httpcore2.SOCKSProxy(proxy_url=target, proxy_auth=proxy.raw_auth, ssl_context=self._ssl,
+                                        **self._pool_options())
+        if proxy.url.scheme not in ("http", "https"):
+            raise httpx2.ProxyError(f"unsupported proxy scheme {proxy.url.scheme!r} (http, https, socks5)")
+        return httpcore2.HTTPProxy(proxy_url=target, proxy_auth=proxy.raw_auth, proxy_headers=proxy.headers.raw,
+                                   ssl_context=self._ssl, proxy_ssl_context=proxy.ssl_context,
+                                   **self._pool_options())
+
+    def handle_request(self, request: httpx2.Request) -> httpx2.Response:
+        assert isinstance(request.stream, httpx2.SyncByteStream)
+        core_request = httpcore2.Request(
+            method=request.method,
+            url=httpcore2.URL(
+                scheme=request.url.raw_scheme,
+                host=request.url.raw_host,
+                port=request.url.port,
+                target=request.url.raw_path,
+            ),
+            headers=request.headers.raw,
+            content=request.stream,
+            extensions=request.extensions,
+        )
+        with _as_httpx_errors():
+            response = self._pool(request.url).handle_request(core_request)
+        assert isinstance(response.stream, Iterable)
+        return httpx2.Response(
+            status_code=response.status,
+            headers=response.headers,
+            stream=_Body(response.stream),
+            extensions=response.extensions,
+        )
+
+    def close(self) -> None:
+        with self._lock:
+            pools, self._via = [self._direct, *self._via.values()], {}
+        for pool in pools:
+            pool.close()
 
 
+def deadlines_active(limit: float = 0.1) -> bool:
+    """Start-up self-test: does a socket read through ``WatchedTransport`` end at the
+    active watch's deadline? Asks a local listener that never answers (it never accepts:
+    the kernel completes the connect, nothing is ever sent back), with a first-token limit
+    of ``limit`` s under a 5 s socket timeout."""
+    probe = ProviderSettings(name="self-test", kind="openai", model="-", connect_timeout=1.0,
+                             first_token_timeout=limit, stall_timeout=limit, timeout=5.0)
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(1)
+        url = f"http://127.0.0.1:{listener.getsockname()[1]}/"
+        with WatchedTransport(trust_env=False) as transport, httpx2.Client(transport=transport, timeout=5.0) as client:
+            start = time.monotonic()
+            with contextlib.suppress(httpx2.TransportError), StreamWatch(probe, budget=5.0):
+                client.get(url)
+            return time.monotonic() - start < 2.0
+
+
+def check_deadlines() -> None:
+    """Log at ERROR when socket deadlines are not in force (the calls still work)."""
+    try:
+        active = deadlines_active()
+    except Exception as exc:  # the check itself must never stop a worker
+        log.error("flexitasks: socket deadline self-test failed (%s: %s)", type(exc).__name__, exc)
+        return
+    if not active:
+        log.error("flexitasks: socket deadlines are NOT active: a silent or stalling provider is cut off "
+                  "only by the socket read timeout and per stream chunk, not at first_token_timeout/stall_timeout")

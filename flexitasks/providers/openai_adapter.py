@@ -45,7 +45,7 @@ class OpenAIAdapter:
             api_key=require_key(self.settings),
             base_url=self.settings.base_url,
             max_retries=0,
-            http_client=openai.DefaultHttpxClient(transport=WatchedTransport()),
+            http_client=openai.DefaultHttpxClient(transport=WatchedTransport(self.settings.ca_bundle)),
         )
 
     def _params(self, request: ChatRequest) -> dict[str, Any]:
