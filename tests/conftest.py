@@ -161,10 +161,12 @@ def fakes() -> Iterator[dict[str, object]]:
         yield {"primary": p, "secondary": s}
 
 
-def start_worker(*extra: str, name: str = "w1", concurrency: int = 4) -> subprocess.Popen[bytes]:
+def start_worker(
+    *extra: str, name: str = "w1", concurrency: int = 4, pool: str = "prefork"
+) -> subprocess.Popen[bytes]:
     log = open(WORKDIR / f"worker-{name}.log", "ab")  # noqa: SIM115  (owned by the process)
     return subprocess.Popen(
-        [sys.executable, "-m", "celery", "-A", "flexitasks", "worker", "--pool", "prefork",
+        [sys.executable, "-m", "celery", "-A", "flexitasks", "worker", "--pool", pool,
          "--concurrency", str(concurrency), "-n", f"{name}@%h", "--loglevel", "INFO", "--without-gossip",
          "--without-mingle", *extra],
         cwd=ROOT, env=os.environ.copy(), stdout=log, stderr=subprocess.STDOUT,

@@ -1,6 +1,7 @@
 """Fleet-wide circuit breakers (issue 3) through real worker subprocesses.
 
-Everything here is real: ``celery worker --pool prefork`` subprocesses, Redis (the
+Everything here is real: ``celery worker`` subprocesses (prefork, and the threads pool
+for the tests parametrized over ``pool``), Redis (the
 test run's DB, plus a ``redis-server`` this file starts and kills itself), the
 official SDKs over HTTP to the fake providers, and the ``celery`` CLI for remote
 control. What every process believes is read back from the per-process views the
@@ -15,8 +16,10 @@ import shutil
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import pytest
@@ -35,8 +38,43 @@ MESSAGES = [{"role": "user", "content": "Summarise this ticket"}]
 HOST = socket.gethostname()
 MAIN_NODE = f"w1@{HOST}"
 CONCURRENCY = 4  # of the session worker (conftest)
+THREADS = 128  # of this module's threads-pool worker
 THRESHOLD = SETTINGS.breaker.failure_threshold
 CHANNEL = SETTINGS.sync.channel
+
+
+@dataclass(frozen=True)
+class Pool:
+    """One worker under test: its node, its queue and the processes that hold a view."""
+
+    kind: str
+    node: str
+    queue: str | None
+    concurrency: int
+    roles: tuple[str, ...]  # of its processes with a breaker view, sorted
+
+    @property
+    def processes(self) -> int:
+        return len(self.roles)
+
+
+PREFORK = Pool("prefork", MAIN_NODE, None, CONCURRENCY, ("worker-child",) * CONCURRENCY + ("worker-main",))
+
+
+@pytest.fixture(scope="module")
+def threads_worker(worker) -> Iterator[Pool]:
+    """``--pool threads --concurrency 128``: one process, every call a thread of it."""
+    proc = start_worker("-Q", "threads", name="threads", concurrency=THREADS, pool="threads")
+    try:
+        wait_for_worker("threads@")
+        yield Pool("threads", f"threads@{HOST}", "threads", THREADS, ("worker-main",))
+    finally:
+        stop_worker(proc)
+
+
+@pytest.fixture(scope="module", params=["prefork", "threads"])
+def pool(request: pytest.FixtureRequest) -> Pool:
+    return PREFORK if request.param == "prefork" else request.getfixturevalue("threads_worker")
 
 
 # -- helpers -------------------------------------------------------------------------------------
@@ -92,10 +130,10 @@ def outcomes(result: dict[str, Any]) -> list[tuple[str, str]]:
     return [(a["provider"], a["outcome"]) for a in result["attempts"]]
 
 
-def warm_up(fakes: dict[str, Any]) -> None:
+def warm_up(fakes: dict[str, Any], pool: Pool = PREFORK) -> None:
     """Make every child build its runtime (SDK clients) before a timed scenario, then zero the fakes."""
     fakes["primary"].admin.set_fault(latency=0.2)
-    send(2 * CONCURRENCY)
+    send(2 * CONCURRENCY, queue=pool.queue)
     for fp in fakes.values():
         fp.admin.reset()
 
@@ -121,36 +159,41 @@ def cli_replies(out: subprocess.CompletedProcess[str]) -> dict[str, Any]:
     return {k: v for item in data for k, v in item.items()} if isinstance(data, list) else data
 
 
-def open_by_failures(fakes: dict[str, Any]) -> dict[str, Any]:
-    """Primary answers 500 until the fleet's breaker opens; returns the status once all of w1 agrees."""
+def open_by_failures(fakes: dict[str, Any], pool: Pool = PREFORK) -> dict[str, Any]:
+    """Primary answers 500 until the fleet's breaker opens; returns the status once all of the pool agrees."""
     fakes["primary"].admin.set_fault(status=500)
-    answers = send(3 * CONCURRENCY)
+    answers = send(3 * CONCURRENCY, queue=pool.queue)
     assert all(a["provider"] == "secondary" for a in answers)
-    return wait_until(fleet_agrees("open"), 10, what="primary open everywhere")
+    return wait_until(agrees("open", pool), 10, what="primary open everywhere")
+
+
+def agrees(state: str, pool: Pool) -> Callable[[], Any]:
+    return fleet_agrees(state, node=pool.node, processes=pool.processes)
 
 
 # -- 1. failures in the pool open the breaker in every process -----------------------------------
-def test_failures_open_the_breaker_in_every_process_of_the_pool(clean):
-    warm_up(clean)
+def test_failures_open_the_breaker_in_every_process_of_the_pool(clean, pool):
+    warm_up(clean, pool)
     clean["primary"].admin.set_fault(status=500)
-    answers = send(3 * CONCURRENCY)
+    answers = send(3 * CONCURRENCY, queue=pool.queue)
     sent_to_primary = primary_requests(clean)
 
     assert all(a["provider"] == "secondary" for a in answers)
     assert any(("primary", "skipped") in outcomes(a) for a in answers), "no task ever skipped the primary"
-    status = wait_until(fleet_agrees("open"), 10, what="primary open in all 5")
+    status = wait_until(agrees("open", pool), 10, what=f"primary open in all {pool.processes}")
     auth = status["providers"]["primary"]
     # On a loaded machine the tasks may outlast the 2 s open interval: each failed probe re-opens it.
     probes = auth["reopen_count"]
     assert auth["reason"] == ("probe_failed" if probes else "threshold") and auth["generation"] >= 1
-    roles = sorted(v["role"] for v in node_views(status, MAIN_NODE))
-    assert roles == ["worker-child"] * CONCURRENCY + ["worker-main"]
+    roles = tuple(sorted(v["role"] for v in node_views(status, pool.node)))
+    assert roles == pool.roles
     # secondary untouched everywhere
-    assert all(v["breakers"]["secondary"]["state"] == "closed" for v in node_views(status, MAIN_NODE))
+    assert all(v["breakers"]["secondary"]["state"] == "closed" for v in node_views(status, pool.node))
     # The fleet paid about failure_threshold calls, not failure_threshold per process: at most
     # the calls already in flight in the other children when the breaker opened come on top
     # (and one per probe, if any was due).
-    assert THRESHOLD <= sent_to_primary <= THRESHOLD + CONCURRENCY + probes, (sent_to_primary, probes)
+    in_flight = min(pool.concurrency, 3 * CONCURRENCY)
+    assert THRESHOLD <= sent_to_primary <= THRESHOLD + in_flight + probes, (sent_to_primary, probes)
 
 
 # -- 2. remote control through the real celery CLI ------------------------------------------------
@@ -191,9 +234,9 @@ def test_remote_control_trip_and_reset_through_the_celery_cli(clean):
 
 
 # -- 3. half-open lets exactly one probe through ---------------------------------------------------
-def test_half_open_sends_one_probe_then_traffic_returns(clean):
-    warm_up(clean)
-    opened = open_by_failures(clean)["providers"]["primary"]
+def test_half_open_sends_one_probe_then_traffic_returns(clean, pool):
+    warm_up(clean, pool)
+    opened = open_by_failures(clean, pool)["providers"]["primary"]
     probe_latency = 0.8
     # Healthy again, but the first request (the probe) is slow: everything else sent meanwhile
     # must skip the primary rather than pile onto it.
@@ -202,7 +245,7 @@ def test_half_open_sends_one_probe_then_traffic_returns(clean):
     wait_until(lambda: fleet_status()["providers"]["primary"]["now"] >= opened["open_until"] + 0.05, 10,
                what="the open interval to pass")
 
-    answers = send(2 * CONCURRENCY)
+    answers = send(2 * CONCURRENCY, queue=pool.queue)  # under threads: all at once, in one process
     probes = [a for a in answers if outcomes(a) == [("primary", "ok")]]
     skipped = [a for a in answers if outcomes(a) == [("primary", "skipped"), ("secondary", "ok")]]
     assert probes, [outcomes(a) for a in answers]
@@ -214,12 +257,71 @@ def test_half_open_sends_one_probe_then_traffic_returns(clean):
     for entry in log[1:]:  # and nothing reached the primary before it had answered
         assert entry["mono"] >= log[0]["mono"] + probe_latency - 0.1, (log[0], entry)
 
-    status = wait_until(fleet_agrees("closed"), 10, what="closed everywhere")
+    status = wait_until(agrees("closed", pool), 10, what="closed everywhere")
     closed = status["providers"]["primary"]
     assert closed["generation"] == opened["generation"] + 2  # open -> half_open -> closed
     assert closed["reopen_count"] == 0
-    after = send(CONCURRENCY)
+    after = send(CONCURRENCY, queue=pool.queue)
     assert all(outcomes(a) == [("primary", "ok")] for a in after)
+
+
+# -- 3b. one probe per recovery interval from 128 threads of one process ------------------------------
+class Callers:
+    """Keeps about ``in_flight`` chat tasks waiting in a worker: sends them at the rate the
+    fallback's latency lets them finish, until stopped; every one must get an answer."""
+
+    def __init__(self, queue: str, in_flight: int, latency: float) -> None:
+        self.queue, self.batch, self.period = queue, in_flight // 4, latency / 4
+        self.sent: list[Any] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.sent += [chat_task.apply_async((MESSAGES,), {}, queue=self.queue) for _ in range(self.batch)]
+            self._stop.wait(self.period)
+
+    def __enter__(self) -> Callers:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=30)
+
+    def answers(self) -> list[dict[str, Any]]:
+        return [r.get(timeout=120) for r in self.sent]
+
+
+def test_a_threads_pool_of_128_callers_sends_one_call_per_recovery_interval(clean, threads_worker, redis_client):
+    pool, policy = threads_worker, SETTINGS.breaker_policy(SETTINGS.provider("primary"))
+    warm_up(clean, pool)
+    fallback_latency, probe_latency = 1.0, 1.0
+    clean["secondary"].admin.set_fault(latency=fallback_latency)  # the callers wait on the fallback
+    store = own_store(redis_client)
+    for _ in range(THRESHOLD):
+        store.record_failure("primary", policy)  # the fleet opened it
+    wait_until(agrees("open", pool), 10, what="the threads worker to see it open")
+    clean["primary"].admin.set_fault(status=500, latency=0.5, count=1)  # recovering: its first probe fails
+    since = primary_requests(clean)
+
+    with Callers(pool.queue or "", THREADS, fallback_latency) as callers:
+        wait_until(lambda: clean["primary"].admin.requests(since=since), 15, what="the first probe")
+        clean["primary"].admin.set_fault(latency=probe_latency, count=1)  # the next probe succeeds, slowly
+        wait_until(agrees("closed", pool), 30, what="the primary closed again")
+    answers = callers.answers()
+
+    log = clean["primary"].admin.requests(since=since)
+    first, second, rest = log[0], log[1], log[2:]
+    assert (first["status"], second["status"], second["fault"]) == (500, 200, "delay"), log[:3]
+    # The first probe re-opened the breaker for 4 s (shortened by jitter at most 10 %): nothing
+    # reached the primary in that interval but the next probe, nor while that probe was answering.
+    reopened_for = policy.recovery_timeout * 2 * (1 - policy.jitter)
+    assert second["mono"] - first["mono"] >= 0.5 + reopened_for - 0.1, (first, second)
+    assert all(e["mono"] >= second["mono"] + probe_latency - 0.1 for e in rest), (second, rest[:3])
+    waited = [a for a in answers if outcomes(a) == [("primary", "skipped"), ("secondary", "ok")]]
+    assert len(waited) >= 2 * THREADS  # callers really were waiting, in their hundreds
+    assert all(a["provider"] in ("primary", "secondary") for a in answers)
 
 
 # -- 4. a recycled child starts with the current state ---------------------------------------------

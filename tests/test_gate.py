@@ -7,10 +7,14 @@ which decisions needed the store.
 
 from __future__ import annotations
 
+import threading
+from collections.abc import Callable
+
 from flexitasks.breaker.gate import FleetGate
 from flexitasks.breaker.machine import Operation
 from flexitasks.breaker.memory_store import MemoryBreakerStore
 from flexitasks.breaker.mirror import Mirror
+from flexitasks.breaker.permit import Permit
 from flexitasks.breaker.store import BreakerPolicy, BreakerState, StoreResult
 from flexitasks.failures import FailureKind, ProviderFailure
 
@@ -83,3 +87,67 @@ def test_a_bad_request_never_counts():
     for kind in (FailureKind.BAD_REQUEST, FailureKind.CONTEXT_LENGTH, FailureKind.CONTENT_POLICY):
         gate.failed(gate.admit("p"), ProviderFailure(kind, "no"))
     assert store.ops == []
+
+
+# -- one gate, many threads (--pool threads) ----------------------------------------------------------
+def run_threads(n: int, work: Callable[[int], Permit | None]) -> list[Permit | None]:
+    barrier = threading.Barrier(n)
+    results: list[Permit | None] = [None] * n
+
+    def one(i: int) -> None:
+        barrier.wait()
+        results[i] = work(i)
+
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=30)
+    return results
+
+
+def test_a_recovering_provider_gets_one_probe_from_a_process_of_many_threads():
+    store = CountingStore()
+    gate = make_gate(store)
+    for _ in range(POLICY.failure_threshold):
+        store.record_failure("p", POLICY)  # opened by the fleet
+    gate.mirror.load(store.snapshot(["p"]))  # as the sync thread tells this process
+    store.now += POLICY.recovery_timeout  # the open interval has passed
+
+    permits = [p for p in run_threads(128, lambda _i: gate.admit("p")) if p is not None]
+    assert [p.probe for p in permits] == [True]  # one call of 128, not one per thread
+    assert gate.admit("p") is None  # the probe is in flight: nobody else goes
+    gate.succeeded(permits[0])
+    assert store.snapshot(["p"])["p"].state is BreakerState.CLOSED
+
+
+def test_only_the_probing_call_can_report_the_probe():
+    store = CountingStore()
+    gate = make_gate(store)
+    for _ in range(POLICY.failure_threshold):
+        store.record_failure("p", POLICY)
+    gate.mirror.load(store.snapshot(["p"]))
+    store.now += POLICY.recovery_timeout
+    probe = gate.admit("p")
+    assert probe is not None and probe.probe and probe.owner is not None
+    gate.succeeded(Permit("p", probe=True, owner=f"{gate.owner}:0"))  # another call of this process
+    assert store.snapshot(["p"])["p"].state is BreakerState.HALF_OPEN
+    gate.failed(probe, BOOM)
+    assert store.snapshot(["p"])["p"].state is BreakerState.OPEN
+
+
+def test_successes_from_many_threads_are_all_counted():
+    store = CountingStore()
+    gate = make_gate(store)
+    gate.failed(gate.admit("p"), BOOM)  # the window holds a failure: successes are reported
+
+    def succeed(_i: int) -> None:
+        for _ in range(100):
+            permit = gate.admit("p")
+            assert permit is not None
+            gate.succeeded(permit)
+
+    run_threads(32, succeed)
+    gate.failed(gate.admit("p"), BOOM)  # carries the successes not yet reported
+    snap = store.snapshot(["p"])["p"]
+    assert (snap.failures, snap.calls) == (2, 2 + 32 * 100)

@@ -4,16 +4,20 @@ Decides from the local mirror whenever it can (a CLOSED, healthy provider costs 
 store call) and goes to the store only to report failures, to report successes
 (batched) while the window holds failures, to admit calls while the provider looks
 failing, and to compete for the half-open probe. Holds no lock across a provider call.
-One gate per process: the prefork pool runs one task at a time in it. When the shared
-store is unreachable it keeps serving with a local-only store (same thresholds) until
-the sync layer says the store is back.
+One gate per process, shared by every thread of it (``--pool threads`` runs hundreds of
+calls at once): its own counters sit behind a lock, and the probe belongs to one call,
+not to the process: each admission has its own owner (process id + a call number), so
+one probe is one call fleet-wide. When the shared store is unreachable it keeps serving
+with a local-only store (same thresholds) until the sync layer says the store is back.
 """
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 import socket
+import threading
 import time
 import uuid
 from collections.abc import Callable
@@ -48,25 +52,32 @@ class FleetGate:
         self.mirror = mirror
         self.policies = policies
         self.on_transition = on_transition
+        self._lock = threading.Lock()  # guards the fields below, never held across I/O
         self._pending: dict[str, int] = {}  # successes not yet reported, per provider
         self._flushed_at: dict[str, float] = {}
         self.degraded = True  # until the sync layer has read the shared state once
         self._warned = False
         self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self._calls = itertools.count(1)  # next() is atomic under the GIL
+
+    def _call_owner(self) -> str:
+        """The owner a probe would have: this call's, not the process's."""
+        return f"{self.owner}:{next(self._calls)}"
 
     # -- store access with the degraded fallback -------------------------------------------
     def _store(self) -> BreakerStore:
         return self.local if self.degraded else self.shared
 
     def set_degraded(self, degraded: bool) -> None:
-        if degraded and not self.degraded:
-            log.warning("breaker store unreachable: serving with local-only breakers until it is back")
-            self._warned = True
-        elif not degraded and self.degraded:
-            if self._warned:
-                log.warning("breaker store reachable again: shared breakers resumed")
-            self.local = MemoryBreakerStore()
-        self.degraded = degraded
+        with self._lock:
+            if degraded and not self.degraded:
+                log.warning("breaker store unreachable: serving with local-only breakers until it is back")
+                self._warned = True
+            elif not degraded and self.degraded:
+                if self._warned:
+                    log.warning("breaker store reachable again: shared breakers resumed")
+                self.local = MemoryBreakerStore()
+            self.degraded = degraded
 
     def _call(self, op: Callable[[BreakerStore], StoreResult]) -> StoreResult:
         try:
@@ -94,42 +105,50 @@ class FleetGate:
             return None
         if view.state is BreakerState.OPEN and now < view.open_until:
             return None
-        probing_elsewhere = view.probe_owner not in (None, self.owner) and now < view.probe_until
-        if view.state is BreakerState.HALF_OPEN and probing_elsewhere:
+        probing = view.probe_owner is not None and now < view.probe_until  # by some call, maybe ours
+        if view.state is BreakerState.HALF_OPEN and probing:
             return None
         return self._admit_by_store(provider)
 
     def _admit_by_store(self, provider: str) -> Permit | None:
         policy = self.policies[provider]
-        result = self._call(lambda s: s.admit(provider, policy, self.owner))
+        owner = self._call_owner()
+        result = self._call(lambda s: s.admit(provider, policy, owner))
         if not result.granted:
             return None
-        return Permit(provider, probe=result.holds_probe(self.owner))
+        probe = result.holds_probe(owner)
+        return Permit(provider, probe=probe, owner=owner if probe else None)
 
     def succeeded(self, permit: Permit) -> None:
         name = permit.provider
         policy = self.policies[name]
-        if permit.probe:
-            self._call(lambda s: s.probe_result(name, policy, self.owner, True))
+        if permit.probe and permit.owner is not None:
+            owner = permit.owner
+            self._call(lambda s: s.probe_result(name, policy, owner, True))
         elif self.degraded or self._window_has_failures(name):
-            self._pending[name] = pending = self._pending.get(name, 0) + 1
-            if time.monotonic() - self._flushed_at.get(name, 0.0) >= SUCCESS_FLUSH_INTERVAL:
-                self._take_pending(name)
-                self._call(lambda s: s.record_success(name, policy, pending))
+            with self._lock:
+                self._pending[name] = self._pending.get(name, 0) + 1
+                due = time.monotonic() - self._flushed_at.get(name, 0.0) >= SUCCESS_FLUSH_INTERVAL
+            if due:
+                pending = self._take_pending(name)
+                if pending:
+                    self._call(lambda s: s.record_success(name, policy, pending))
 
     def failed(self, permit: Permit, failure: ProviderFailure) -> None:
         name = permit.provider
         policy = self.policies[name]
-        if permit.probe:
+        if permit.probe and permit.owner is not None:
             ok = not failure.kind.blames_provider  # it answered: alive, if unhappy with us
-            self._call(lambda s: s.probe_result(name, policy, self.owner, ok))
+            owner = permit.owner
+            self._call(lambda s: s.probe_result(name, policy, owner, ok))
         elif failure.kind.blames_provider:
             successes = self._take_pending(name)  # the rate must see them before this failure
             self._call(lambda s: s.record_failure(name, policy, successes))
 
     def _take_pending(self, provider: str) -> int:
-        self._flushed_at[provider] = time.monotonic()
-        return self._pending.pop(provider, 0)
+        with self._lock:
+            self._flushed_at[provider] = time.monotonic()
+            return self._pending.pop(provider, 0)
 
     def cool_down(self, provider: str, seconds: float) -> None:
         policy = self.policies[provider]

@@ -15,8 +15,12 @@ from flexitasks.failures import ProviderFailure
 
 @dataclass(frozen=True)
 class Permit:
+    """Leave to make one call. ``probe``: it is the half-open probe, owned by ``owner``
+    (one call's own name, so that only this call may report the probe's result)."""
+
     provider: str
     probe: bool = False
+    owner: str | None = None
 
 
 class BreakerGate(Protocol):
