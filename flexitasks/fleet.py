@@ -6,13 +6,13 @@ settings it reads with (the Redis URL, key prefix, providers) as an argument.
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 import redis
 
 from flexitasks.breaker.redis_store import RedisBreakerStore
 from flexitasks.config import Settings
+from flexitasks.sync.views import read_views
 
 STATE_COLOURS = {"closed": "green", "open": "red", "forced_open": "bold red", "half_open": "yellow",
                  "disabled": "dim"}
@@ -28,9 +28,9 @@ def fleet_status(settings: Settings) -> dict[str, Any]:
         store = RedisBreakerStore(client, key_prefix=s.key_prefix, channel=s.channel)
         names = [p.name for p in settings.providers]
         providers = {name: snap.to_dict() for name, snap in store.snapshot(names).items()}
-        keys = sorted(client.scan_iter(match=f"{s.key_prefix}:proc:*", count=500))
-        processes = [json.loads(raw) for raw in client.mget(keys) if raw] if keys else []
+        views = read_views(client, s.key_prefix)
     finally:
         client.close()
-    processes.sort(key=lambda p: (p.get("host", ""), p.get("role", ""), p.get("pid", 0)))
-    return {"providers": providers, "processes": processes}
+    processes = sorted(views.processes, key=lambda p: (str(p.get("host", "")), str(p.get("role", "")),
+                                                       str(p.get("pid", 0))))
+    return {"providers": providers, "processes": processes, "malformed_views": views.malformed}

@@ -11,7 +11,6 @@ degraded mode and are retried with backoff; they never end the thread.
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import os
 import random
@@ -24,8 +23,10 @@ from typing import Any
 import redis
 
 from flexitasks.breaker.mirror import Mirror, View
+from flexitasks.breaker.redis_store import BreakerStoreError
 from flexitasks.breaker.schema import InvalidEvent, parse_event
 from flexitasks.breaker.store import BreakerStore
+from flexitasks.sync.views import remove_view, view_key, write_view
 
 log = logging.getLogger(__name__)
 
@@ -34,10 +35,6 @@ VIEW_WRITE_DELAY = (0.2, 0.6)
 """Seconds (random within) from a change of the mirror to writing this process's view:
 soon enough for ``flexitasks status``, late and spread enough that a fleet's view writes
 neither coalesce into one burst nor sit in the path of the next transition's delivery."""
-
-
-def process_key(prefix: str, host: str, pid: int) -> str:
-    return f"{prefix}:proc:{host}:{pid}"
 
 
 class Subscriber:
@@ -67,7 +64,8 @@ class Subscriber:
         self.pid = os.getpid()
         self.role = role
         self.node = node
-        self.key = process_key(key_prefix, self.host, self.pid)
+        self.key_prefix = key_prefix
+        self.key = view_key(key_prefix, self.host, self.pid)
         self.invalid_events = 0
         self.applied_events = 0
         self.connected = threading.Event()
@@ -89,27 +87,37 @@ class Subscriber:
         if self._thread is not None:
             self._thread.join(timeout=2)
         with contextlib.suppress(redis.RedisError):
-            self.client.delete(self.key)
+            remove_view(self.client, self.key_prefix, self.key)
 
     # -- the loop ---------------------------------------------------------------------------------
     def _run(self) -> None:
+        """Serve until stopped. Any store error (connection lost, ``LOADING``, ``NOPERM``,
+        ``OOM`` on a write, an unreadable reply) is one warning and a backoff of 50 ms doubling
+        to 2 s, not a traceback per attempt; a bug gets its traceback once per kind of error."""
         backoff = 0.05
-        warned = False
+        warned: set[str] = set()
         while not self._stop.is_set():
             try:
                 self._serve()
                 backoff = 0.05
-            except (redis.RedisError, OSError) as exc:
+                warned.clear()
+                continue
+            except (redis.RedisError, OSError, BreakerStoreError) as exc:
                 self.connected.clear()
                 self.set_degraded(True)
-                if not warned:
-                    log.warning("breaker sync lost Redis (%s); retrying with backoff", type(exc).__name__)
-                    warned = True
-                self._stop.wait(backoff)
-                backoff = min(backoff * 2, 2.0)
-            except Exception:  # a bug must not silently stop sync: log it, keep going
-                log.exception("breaker sync loop failed; restarting it")
-                self._stop.wait(backoff)
+                what = _describe(exc)
+                if what not in warned:
+                    log.warning("breaker sync cannot use Redis (%s); retrying with backoff", what)
+                    warned.add(what)
+            except Exception as exc:  # a bug must not silently stop sync: log it once, keep going
+                self.connected.clear()
+                self.set_degraded(True)
+                what = f"bug:{type(exc).__name__}"
+                if what not in warned:
+                    log.exception("breaker sync loop failed; restarting it with backoff")
+                    warned.add(what)
+            self._stop.wait(backoff)
+            backoff = min(backoff * 2, 2.0)
 
     def _serve(self) -> None:
         pubsub = self.client.pubsub()
@@ -139,11 +147,12 @@ class Subscriber:
                 pubsub.close()
 
     def _resync(self) -> None:
-        """Reload the authoritative state; a store that answers ends degraded mode, even
-        one entered by a failed call while this connection stayed up."""
+        """Reload the authoritative state. Degraded mode (even one entered by a failed call
+        while this connection stayed up) ends only once a write has succeeded too: a store
+        that answers reads but refuses writes (``OOM``, ``NOPERM``, a replica) cannot count."""
         self.mirror.load(self.store.snapshot(self.providers))
-        self.set_degraded(False)
         self.heartbeat()
+        self.set_degraded(False)
 
     def _handle(self, data: bytes | str) -> None:
         try:
@@ -177,7 +186,7 @@ class Subscriber:
     def heartbeat(self) -> None:
         ttl = max(3, int(self.heartbeat_interval * 3 + 1))
         self._view_due = None
-        self.client.set(self.key, json.dumps(self.view()), ex=ttl)
+        write_view(self.client, self.key_prefix, self.key, self.view(), ttl)
         self._last_heartbeat = time.monotonic()
 
     def _on_change(self, _provider: str, _view: View) -> None:
@@ -187,3 +196,11 @@ class Subscriber:
         if self._view_due is None:
             self._view_due = time.monotonic() + random.uniform(*VIEW_WRITE_DELAY)
 
+
+
+def _describe(exc: BaseException) -> str:
+    """A short, stable name for a store error (``OutOfMemoryError``, ``NoPermissionError``,
+    ``BusyLoadingError``, ``ConnectionError``...; a bare ResponseError adds its code)."""
+    cause = exc.__cause__ if isinstance(exc, BreakerStoreError) and exc.__cause__ is not None else exc
+    code = str(cause).split(" ", 1)[0] if type(cause) is redis.ResponseError else ""
+    return f"{type(cause).__name__} {code}".strip()
