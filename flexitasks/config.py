@@ -116,6 +116,14 @@ class RetrySettings(_Section):
 
 
 ProviderKind = Literal["openai", "anthropic", "openai-compatible"]
+Capability = Literal["tools", "vision", "json_schema"]
+
+
+class RequestSettings(_Section):
+    """Limits on what a producer may send (checked before any provider call)."""
+
+    max_request_bytes: int = Field(default=20 * 1024 * 1024, ge=1024)
+    """Largest request (messages and options as JSON); images in data URLs count."""
 
 
 class ProviderSettings(_Section):
@@ -140,6 +148,9 @@ class ProviderSettings(_Section):
     """CA certificates (a PEM file, or a hashed directory) that verify the provider's TLS
     certificate, e.g. a gateway's private CA; unset: the system store (``SSL_CERT_FILE`` /
     ``SSL_CERT_DIR`` honoured)."""
+    capabilities: list[Capability] | None = None
+    """What the model takes: tools, vision, json_schema. Default by kind (``capabilities.py``):
+    all three for openai and anthropic, tools and json_schema for openai-compatible."""
     rpm: float | None = Field(default=None, gt=0, allow_inf_nan=False)
     """Requests per minute across the whole fleet, spread smoothly (GCRA); unset: no limit."""
     burst: float | None = Field(default=None, gt=0, allow_inf_nan=False)
@@ -196,6 +207,7 @@ class Settings(_Section):
     sync: SyncSettings = SyncSettings()
     breaker: BreakerSettings = BreakerSettings()
     retry: RetrySettings = RetrySettings()
+    requests: RequestSettings = RequestSettings()
     providers: list[ProviderSettings] = Field(default_factory=list)
 
     @model_validator(mode="after")

@@ -52,7 +52,7 @@ def retry_countdown(celery: CelerySettings, retries: int) -> float:
 def chat_task(self: Task, messages: list[dict[str, Any]], **options: Any) -> dict[str, Any]:
     flexi = cast(FlexitasksApp, self.app)
     settings = flexi.settings
-    request = ChatRequest.parse(messages, options)
+    request = ChatRequest.parse(messages, options, max_bytes=settings.requests.max_request_bytes)
     headers = self.request.headers or {}
     deadline = request_deadline(self, settings.retry.request_timeout)
     comebacks = int(headers.get(COMEBACKS_HEADER) or 0)

@@ -23,6 +23,7 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
+from flexitasks import capabilities
 from flexitasks.breaker.permit import BreakerGate, Permit
 from flexitasks.config import ProviderSettings
 from flexitasks.errors import AllProvidersFailed, ContentRejected, FlexitasksError, InvalidRequest, RequestRejected
@@ -30,7 +31,8 @@ from flexitasks.failover.classify import classify
 from flexitasks.failover.policy import Action, Decision, FailoverPolicy
 from flexitasks.failures import FailureKind, ProviderFailure
 from flexitasks.models import Attempt, ChatRequest, ChatResult, Outcome, Usage
-from flexitasks.providers.base import Completion, ProviderAdapter
+from flexitasks.output import Answer, read_answer
+from flexitasks.providers.base import ProviderAdapter
 
 log = logging.getLogger(__name__)
 
@@ -111,7 +113,12 @@ class Router:
         start = self.clock()
         limit = self.request_timeout if timeout is None else max(min(timeout, self.request_timeout), 0.0)
         run = _Run(deadline=start + limit, state=resume.model_copy(deep=True) if resume else RunState())
-        for provider in self.eligible(request):
+        providers, unfit = capabilities.split(self.eligible(request), request)
+        if not providers and unfit:
+            raise InvalidRequest(capabilities.none_left(request, unfit))
+        for name, why in unfit.items() if resume is None else ():
+            run.record(name, "skipped", why)
+        for provider in providers:
             if provider.name in run.state.done or self.clock() >= run.deadline:
                 continue
             result = self._serve(provider, request, run)
@@ -129,14 +136,14 @@ class Router:
             if permit is None:
                 return None
             try:
-                completion = self._call(provider.name, permit, request, run)
+                answer = self._call(provider.name, permit, request, run)
             except ProviderFailure as failure:
                 decision = self._after_failure(provider, permit, failure, run)
                 if decision is None:
                     return None
                 patient = decision.cool_down is not None
                 continue
-            return _result(provider.name, completion, run.state.attempts)
+            return _result(provider.name, answer, run.state.attempts)
         return None
 
     def _admit(self, provider: str, run: _Run, patient: bool) -> Permit | None:
@@ -160,11 +167,13 @@ class Router:
             run.state.done.append(provider)
         return None
 
-    def _call(self, provider: str, permit: Permit, request: ChatRequest, run: _Run) -> Completion:
-        """One adapter call within the run's deadline; reports the outcome to the gate."""
+    def _call(self, provider: str, permit: Permit, request: ChatRequest, run: _Run) -> Answer:
+        """One adapter call within the run's deadline, its answer checked (``output.py``);
+        reports the outcome to the gate."""
         t0 = self.clock()
         try:
             completion = self.adapters[provider].complete(request, max(run.deadline - t0, 0.001))
+            answer = read_answer(request, completion)
         except Exception as exc:
             failure = classify(exc)
             latency = round((self.clock() - t0) * 1000, 3)
@@ -174,7 +183,7 @@ class Router:
             raise failure from None
         self.gate.succeeded(permit)
         run.record(provider, "ok", latency=round((self.clock() - t0) * 1000, 3))
-        return completion
+        return answer
 
     def _after_failure(
         self, provider: ProviderSettings, permit: Permit, failure: ProviderFailure, run: _Run
@@ -240,13 +249,16 @@ def resume_state(carried: Any) -> RunState | None:
     return None if carried is None else RunState.model_validate(carried)
 
 
-def _result(provider: str, completion: Completion, attempts: list[Attempt]) -> ChatResult:
+def _result(provider: str, answer: Answer, attempts: list[Attempt]) -> ChatResult:
     """The contract's result: model and usage of the provider that answered, nothing else."""
+    completion = answer.completion
     return ChatResult(
-        content=completion.content,
+        content=answer.content,
+        tool_calls=answer.tool_calls,
+        parsed=answer.parsed,
         provider=provider,
         model=completion.model,
-        finish_reason=completion.finish_reason,
+        finish_reason=answer.finish_reason,
         usage=Usage(
             input_tokens=completion.input_tokens,
             output_tokens=completion.output_tokens,
