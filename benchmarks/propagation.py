@@ -47,11 +47,11 @@ from benchmarks.common import (
     ratio,
     redis_client,
     settings,
-    wait_until,
     worker_runtime,
 )
 from flexitasks.breaker.redis_store import RedisBreakerStore
 from flexitasks.breaker.store import BreakerState
+from flexitasks.harness import wait_until
 
 RAW_CHANNEL = CHANNEL + ":raw-bench"
 APPLY_TIMEOUT = 2.0  # after this the coordinator moves on; late applies are still recorded

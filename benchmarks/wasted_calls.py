@@ -47,7 +47,6 @@ from benchmarks.common import (
     pool,
     redis_client,
     settings,
-    wait_until,
     worker_sync,
 )
 from flexitasks.breaker.redis_store import RedisBreakerStore
@@ -55,6 +54,7 @@ from flexitasks.breaker.store import BreakerState
 from flexitasks.errors import FlexitasksError
 from flexitasks.failover.policy import default_policy
 from flexitasks.failover.router import Router
+from flexitasks.harness import wait_until
 from flexitasks.providers import build_adapter
 
 FLEXITASKS = "flexitasks"

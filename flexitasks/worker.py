@@ -40,15 +40,9 @@ EVENT_TYPES = {
 
 
 def event_fields(result: StoreResult) -> dict[str, Any]:
-    snap = result.snapshot
-    return {
-        "provider": snap.provider,
-        "state": snap.state.value,
-        "previous": result.previous.value if result.previous else None,
-        "generation": snap.generation,
-        "reason": snap.reason,
-        "open_until": snap.open_until,
-    }
+    """The transition event's fields (``BreakerSnapshot.to_event``), as Celery event fields."""
+    event = result.snapshot.to_event(result.previous)
+    return {k: v for k, v in event.items() if k not in ("v", "type")}
 
 
 @breaker_transition.connect
