@@ -7,6 +7,7 @@ standard library.
 
 from __future__ import annotations
 
+import random
 import socket
 import time
 from collections.abc import Callable
@@ -15,9 +16,22 @@ from typing import TypeVar
 T = TypeVar("T")
 
 
+LISTEN_PORTS = range(20000, 32000)
+"""Below Linux's ephemeral range (32768-60999): a port chosen here and bound a moment
+later cannot meanwhile become the source port of some outgoing connection."""
+
+
 def free_port(host: str = "127.0.0.1") -> int:
-    """A TCP port nobody listens on right now (the OS picks it)."""
-    with socket.socket() as s:
+    """A TCP port nobody listens on right now, outside the ephemeral range."""
+    for _ in range(200):
+        port = random.choice(LISTEN_PORTS)
+        with socket.socket() as s:
+            try:
+                s.bind((host, port))
+            except OSError:
+                continue
+            return port
+    with socket.socket() as s:  # a crowded range: let the OS pick
         s.bind((host, 0))
         return int(s.getsockname()[1])
 
