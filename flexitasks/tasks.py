@@ -24,7 +24,6 @@ from flexitasks.celery_app import FlexitasksApp, app
 from flexitasks.config import CelerySettings
 from flexitasks.disclosure import ChatTask
 from flexitasks.errors import AllProvidersFailed
-from flexitasks.failover.router import ComeBackLater, resume_state
 from flexitasks.models import ChatRequest
 from flexitasks.streaming import sink as _stream_sink  # noqa: F401  (ends a streamed task's stream: signals)
 
@@ -50,6 +49,9 @@ def retry_countdown(celery: CelerySettings, retries: int) -> float:
 
 @app.task(base=ChatTask, bind=True, name="flexitasks.chat", acks_late=True, reject_on_worker_lost=True)
 def chat_task(self: Task, messages: list[dict[str, Any]], **options: Any) -> dict[str, Any]:
+    # Worker side only: producers import this module, and the router brings the provider SDKs.
+    from flexitasks.failover.router import ComeBackLater, resume_state
+
     flexi = cast(FlexitasksApp, self.app)
     settings = flexi.settings
     request = ChatRequest.parse(messages, options, max_bytes=settings.requests.max_request_bytes)
