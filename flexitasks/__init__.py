@@ -17,6 +17,8 @@ from flexitasks.errors import (
     ContentRejected,
     FlexitasksError,
     InvalidRequest,
+    RedeliveredTooOften,
+    RequestExpired,
     RequestRejected,
 )
 from flexitasks.streaming.aio import achat, astream_chat
@@ -30,6 +32,8 @@ __all__ = [
     "FlexitasksApp",
     "FlexitasksError",
     "InvalidRequest",
+    "RedeliveredTooOften",
+    "RequestExpired",
     "RequestRejected",
     "achat",
     "app",

@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 from celery import Celery
 
 from flexitasks.config import Settings, load_settings
+from flexitasks.delivery import visibility_timeout
 from flexitasks.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -57,7 +58,6 @@ def settings_from_environment() -> Settings:
 
 
 def celery_config(s: Settings) -> dict[str, object]:
-    longest_task = s.retry.request_timeout + s.celery.retry_backoff_max
     return {
         "broker_url": s.celery.broker_url,
         "result_backend": s.celery.result_backend,
@@ -71,8 +71,9 @@ def celery_config(s: Settings) -> dict[str, object]:
         "task_reject_on_worker_lost": True,
         # LLM calls are slow; a child should not hoard messages others could run.
         "worker_prefetch_multiplier": s.celery.prefetch_multiplier,
-        # Redelivery of an unacked message must not happen while it still runs.
-        "broker_transport_options": {"visibility_timeout": max(3600, int(2 * longest_task))},
+        # Redis broker: an unacked message (a killed worker's) comes back after this, not an
+        # hour later; never while it may still be held or run (``delivery.visibility_timeout``).
+        "broker_transport_options": {"visibility_timeout": visibility_timeout(s)},
         "result_expires": s.celery.result_expires,
         "worker_send_task_events": True,
         "task_send_sent_event": True,

@@ -55,6 +55,9 @@ class CelerySettings(_Section):
     max_task_retries: int = Field(default=3, ge=0)
     retry_backoff: int = Field(default=2, ge=1)  # Celery's factor: whole seconds
     retry_backoff_max: int = Field(default=60, ge=1)
+    max_redeliveries: int = Field(default=3, ge=0)
+    """Deliveries of one message beyond the first (a worker killed mid-task) before it fails with
+    ``RedeliveredTooOften``: a message that kills every worker it reaches must not loop for ever."""
     show_content: bool = False
     """Show prompts and answers in Flower, task events and Celery's logs (off: a summary:
     message count, options, result fields with the content hidden). Results keep them."""

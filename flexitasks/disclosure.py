@@ -24,7 +24,7 @@ from typing import Any
 from celery import Task
 from celery.signals import after_setup_logger, after_setup_task_logger
 
-from flexitasks import redact
+from flexitasks import delivery, redact
 
 TASK_NAME = "flexitasks.chat"
 HIDDEN_FIELDS = ("content", "parsed", "tool_calls")
@@ -88,6 +88,7 @@ class ChatTask(Task):
     """Base class of ``flexitasks.chat``: the two native hooks for what Flower shows."""
 
     def apply_async(self, args: Any = None, kwargs: Any = None, *rest: Any, **options: Any) -> Any:
+        options["headers"] = delivery.stamp(options.get("headers"))  # the enqueue time (delivery.py)
         if not show_content(self.app):
             options.setdefault("argsrepr", args_summary(args))
             options.setdefault("kwargsrepr", kwargs_summary(kwargs))

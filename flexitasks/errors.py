@@ -45,3 +45,13 @@ class ContentRejected(RequestRejected):
 
 class AllProvidersFailed(FlexitasksError):
     """Every eligible provider failed; the message lists each provider's last error."""
+
+
+class RequestExpired(FlexitasksError):
+    """The request waited in the queue past its deadline (``request_timeout`` from when it was
+    sent); no provider was called. Never retried."""
+
+
+class RedeliveredTooOften(FlexitasksError):
+    """The message was delivered more than ``celery.max_redeliveries`` times without finishing
+    (it keeps killing its worker); failed instead of looping for ever."""

@@ -20,6 +20,7 @@ from typing import Any, cast
 from celery import Task
 from celery.utils.time import get_exponential_backoff_interval
 
+from flexitasks import delivery
 from flexitasks.celery_app import FlexitasksApp, app
 from flexitasks.config import CelerySettings
 from flexitasks.disclosure import ChatTask
@@ -27,15 +28,14 @@ from flexitasks.errors import AllProvidersFailed
 from flexitasks.models import ChatRequest
 from flexitasks.streaming import sink as _stream_sink  # noqa: F401  (ends a streamed task's stream: signals)
 
-DEADLINE_HEADER = "flexitasks_deadline"
+DEADLINE_HEADER = delivery.DEADLINE_HEADER
 COMEBACKS_HEADER = "flexitasks_comebacks"  # how many of request.retries were come-backs
 RESUME_HEADER = "flexitasks_resume"  # the RunState a come-back resumes with
 
 
 def request_deadline(task: Task, request_timeout: float) -> float:
-    """Wall-clock deadline of the whole request: set by its first run, read by retries."""
-    carried = (task.request.headers or {}).get(DEADLINE_HEADER)
-    return float(carried) if carried is not None else time.time() + request_timeout
+    """Wall-clock deadline of the whole request (``delivery.request_deadline``)."""
+    return delivery.request_deadline(task.request.headers, request_timeout)
 
 
 def retry_countdown(celery: CelerySettings, retries: int) -> float:
@@ -56,21 +56,28 @@ def chat_task(self: Task, messages: list[dict[str, Any]], **options: Any) -> dic
     settings = flexi.settings
     request = ChatRequest.parse(messages, options, max_bytes=settings.requests.max_request_bytes)
     headers = self.request.headers or {}
-    deadline = request_deadline(self, settings.retry.request_timeout)
+    arrival = delivery.arrive(settings, self.request.id, self.request.retries, headers, eager=self.request.is_eager)
+    if arrival.answer is not None:  # a redelivery of a message already answered: nobody is called again
+        return arrival.answer
+    deadline = arrival.deadline
     comebacks = int(headers.get(COMEBACKS_HEADER) or 0)
     resume = resume_state(headers.get(RESUME_HEADER))
     try:
-        return flexi.runtime.get().router.run(request, timeout=deadline - time.time(), resume=resume).model_dump()
+        result = flexi.runtime.get().router.run(request, timeout=deadline - time.time(), resume=resume).model_dump()
+        arrival.answered(result)
+        return result
     except ComeBackLater as later:
         if self.request.is_eager:  # run in the caller's thread: Celery re-runs it at once
             time.sleep(later.delay)
         carried = {DEADLINE_HEADER: deadline, COMEBACKS_HEADER: comebacks + 1,
                    RESUME_HEADER: later.state.model_dump(mode="json")}
-        raise self.retry(countdown=later.delay, headers=carried, max_retries=self.request.retries + 1) from None
+        raise self.retry(countdown=later.delay, headers=delivery.retry_headers(headers, carried),
+                         max_retries=self.request.retries + 1) from None
     except AllProvidersFailed as exc:
         failed_runs = self.request.retries - comebacks  # come-backs are not failed runs
         countdown = retry_countdown(settings.celery, failed_runs)
         if failed_runs >= settings.celery.max_task_retries or time.time() + countdown >= deadline:
             raise
         carried = {DEADLINE_HEADER: deadline, COMEBACKS_HEADER: comebacks}
-        raise self.retry(exc=exc, countdown=countdown, headers=carried, max_retries=self.request.retries + 1) from None
+        raise self.retry(exc=exc, countdown=countdown, headers=delivery.retry_headers(headers, carried),
+                         max_retries=self.request.retries + 1) from None

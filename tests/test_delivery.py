@@ -1,0 +1,139 @@
+"""Delivery: nothing lost, nothing paid twice (issue 11, items 15-18).
+
+Units for the header rules, then the session's real ``celery worker`` (prefork, Redis
+broker) and the fake providers: a stale request is refused without a provider call, a
+redelivered message that was already answered returns that answer without one, a message
+delivered too often fails with a clear error, and Celery retries keep the producer's own
+headers (read from the retried message itself, held unacked by the worker until its
+countdown ends).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+import uuid
+from collections.abc import Iterator
+
+import pytest
+import redis
+from conftest import KEY_PREFIX, SETTINGS
+
+from flexitasks import RedeliveredTooOften, RequestExpired, chat_task
+from flexitasks.config import Settings
+from flexitasks.delivery import (
+    DEADLINE_HEADER,
+    ENQUEUED_HEADER,
+    request_deadline,
+    retry_headers,
+    stamp,
+    visibility_timeout,
+)
+from flexitasks.harness import wait_until
+
+MESSAGES = [{"role": "user", "content": "Summarise this ticket"}]
+
+
+@pytest.fixture()
+def delivery_log(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[str]]:
+    logger = logging.getLogger("flexitasks.delivery")
+    seen: list[str] = []
+    handler = logging.Handler()
+    handler.emit = lambda record: seen.append(record.getMessage())  # type: ignore[method-assign]
+    monkeypatch.setattr(logger, "disabled", False)
+    logger.addHandler(handler)
+    try:
+        yield seen
+    finally:
+        logger.removeHandler(handler)
+
+
+# -- units ------------------------------------------------------------------------------------------
+def test_the_deadline_runs_from_when_the_producer_sent_the_request():
+    now = 1_000_000.0
+    assert request_deadline({ENQUEUED_HEADER: now - 50}, 120, now=now) == now + 70
+    assert request_deadline({ENQUEUED_HEADER: now + 30}, 120, now=now) == now + 120  # a fast clock buys nothing
+    assert request_deadline({DEADLINE_HEADER: now + 5, ENQUEUED_HEADER: now - 50}, 120, now=now) == now + 5
+    assert request_deadline({}, 120, now=now) == now + 120
+
+
+@pytest.mark.parametrize("bad", ["soon", "nan", "-1", "inf", "", [1]])
+def test_a_malformed_deadline_header_is_ignored_with_a_warning(bad, delivery_log):
+    now = 1_000_000.0
+    assert request_deadline({DEADLINE_HEADER: bad}, 120, now=now) == now + 120
+    assert any("ignoring malformed flexitasks_deadline header" in m for m in delivery_log)
+
+
+def test_stamping_keeps_the_producers_headers_and_a_retry_keeps_the_first_stamp():
+    stamped = stamp({"x-trace-id": "abc"})
+    assert stamped["x-trace-id"] == "abc" and abs(stamped[ENQUEUED_HEADER] - time.time()) < 5
+    assert stamp({ENQUEUED_HEADER: 12.0})[ENQUEUED_HEADER] == 12.0
+    assert retry_headers({"x-trace-id": "abc", DEADLINE_HEADER: 1.0}, {DEADLINE_HEADER: 2.0}) == {
+        "x-trace-id": "abc", DEADLINE_HEADER: 2.0}
+
+
+def test_the_redis_visibility_timeout_follows_request_timeout():
+    assert visibility_timeout(Settings()) == 300  # request_timeout 120 s: 5 minutes, not Celery's hour
+    assert visibility_timeout(SETTINGS) == 2 * (SETTINGS.retry.request_timeout + 30)
+    from flexitasks import app
+
+    assert app.conf.broker_transport_options["visibility_timeout"] == visibility_timeout(SETTINGS)
+
+
+# -- through the worker -------------------------------------------------------------------------------
+def provider_calls(fakes: dict[str, object]) -> int:
+    return sum(fp.admin.stats()["requests"] for fp in fakes.values())  # type: ignore[attr-defined]
+
+
+@pytest.mark.usefixtures("worker")
+def test_a_request_that_waited_past_its_deadline_is_not_run(clean):
+    sent = time.time() - SETTINGS.retry.request_timeout - 5  # as if it had waited in a long queue
+    pending = chat_task.apply_async(args=[MESSAGES], headers={ENQUEUED_HEADER: sent})
+    with pytest.raises(RequestExpired, match="past its deadline"):
+        pending.get(timeout=30)
+    assert provider_calls(clean) == 0
+
+
+@pytest.mark.usefixtures("worker")
+def test_a_redelivered_answered_message_returns_the_answer_without_calling_again(clean):
+    first = chat_task.apply_async(args=[MESSAGES])
+    answer = first.get(timeout=30)
+    assert provider_calls(clean) == 1
+    first.forget()  # so that the next get() waits for the redelivery's own outcome
+    again = chat_task.apply_async(args=[MESSAGES], task_id=first.id)  # the same message, delivered again
+    assert again.get(timeout=30) == answer  # latency_ms and attempts included: the kept answer
+    assert provider_calls(clean) == 1
+
+
+@pytest.mark.usefixtures("worker")
+def test_a_message_delivered_too_often_fails_clearly(clean, redis_client: redis.Redis):
+    task_id = str(uuid.uuid4())
+    max_redeliveries = SETTINGS.celery.max_redeliveries
+    # what max_redeliveries + 1 deliveries that each killed their worker leave behind
+    redis_client.set(f"{KEY_PREFIX}:deliveries:{task_id}:0", max_redeliveries + 1, ex=60)
+    pending = chat_task.apply_async(args=[MESSAGES], task_id=task_id)
+    with pytest.raises(RedeliveredTooOften, match=f"delivered {max_redeliveries + 2} times"):
+        pending.get(timeout=30)
+    assert provider_calls(clean) == 0
+
+
+@pytest.mark.usefixtures("worker")
+def test_a_celery_retry_keeps_the_producers_headers(clean, redis_client: redis.Redis):
+    clean["primary"].admin.set_fault(status=503)
+    clean["secondary"].admin.set_fault(status=503)  # AllProvidersFailed: retried after a countdown
+    pending = chat_task.apply_async(args=[MESSAGES], headers={"x-trace-id": "trace-42"})
+
+    def retried_message() -> dict | None:
+        for raw in redis_client.hvals("unacked"):  # held by the worker until its countdown ends
+            message = json.loads(raw)[0]  # [message, exchange, routing key]
+            headers = message["headers"]
+            if headers.get("id") == pending.id and headers.get("retries", 0) >= 1:
+                return headers
+        return None
+
+    headers = wait_until(retried_message, 20, interval=0.01, what="the retried message")
+    assert headers["x-trace-id"] == "trace-42"
+    assert float(headers[DEADLINE_HEADER]) > 0 and float(headers[ENQUEUED_HEADER]) > 0
+    clean["primary"].admin.clear()
+    assert pending.get(timeout=30)["provider"] == "primary"
