@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import hmac
 import json
 import os
@@ -27,11 +28,14 @@ import threading
 import time
 import uuid
 from collections import Counter, deque
+from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import TYPE_CHECKING, Any, Literal
 from urllib.parse import parse_qs, urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from flexitasks.fake_provider import answers
 
 if TYPE_CHECKING:
     from .admin import FakeProviderAdmin
@@ -54,7 +58,7 @@ class Fault(BaseModel):
     first_token_delay: float = Field(0.0, ge=0, le=MAX_WAIT)
     stall_after_chunks: int | None = Field(None, ge=0)
     stall_seconds: float = Field(0.0, ge=0, le=MAX_WAIT)
-    mode: Literal["normal", "hang", "reset", "malformed", "truncate", "no_done"] = "normal"
+    mode: Literal["normal", "hang", "reset", "malformed", "truncate", "no_done", "bad_json"] = "normal"
     count: int | None = Field(None, ge=1)
     paths: list[Literal["/v1/chat/completions", "/v1/messages"]] | None = None
     message: str | None = Field(None, max_length=2000)
@@ -93,13 +97,14 @@ class _State:
         with self.lock:
             self.fault, self.remaining = fault, (fault.count if fault else None)
 
-    def record(self, path: str, model: Any, stream: bool) -> dict[str, Any]:
+    def record(self, path: str, model: Any, stream: bool, images: list[dict[str, Any]] | None = None,
+               ) -> dict[str, Any]:
         with self.lock:
             self.seq += 1
             self.by_path[path] += 1
             entry = {"seq": self.seq, "t": time.time(), "mono": time.monotonic(), "path": path,
                      "model": model if isinstance(model, str) else None, "stream": stream,
-                     "fault": None, "status": None}
+                     "fault": None, "status": None, "images": images or []}
             self.log.append(entry)
             return entry
 
@@ -147,7 +152,7 @@ def _text(content: Any) -> str:
 class _Answer:
     """The deterministic reply to one request, shared by both wire formats."""
 
-    def __init__(self, name: str, body: dict[str, Any]) -> None:
+    def __init__(self, name: str, body: dict[str, Any], openai: bool = True, bad_json: bool = False) -> None:
         msgs = [m for m in body["messages"] if isinstance(m, dict)]
         users = [m for m in msgs if m.get("role") == "user"]
         echo = _text(users[-1].get("content"))[:ECHO_MAX] if users else ""
@@ -155,13 +160,26 @@ class _Answer:
         limit = body.get("max_tokens") or body.get("max_completion_tokens")
         self.truncated = isinstance(limit, int) and 0 < limit < len(words)
         self.content = " ".join(words[:limit] if self.truncated else words)
+        reply = answers.reply(body, openai, echo, bad_json)  # tool calls or JSON, when asked for
+        self.calls = reply.calls
+        if reply.json_text is not None or reply.calls:
+            self.content, self.truncated = reply.json_text or "", False
         texts = [_text(body.get("system")), *(_text(m.get("content")) for m in msgs)]
         self.input_tokens = sum(len(t.split()) for t in texts)
-        self.output_tokens = max(1, len(self.content.split()))
+        self.output_tokens = max(1, len(self.content.split()) + sum(len(c.arguments.split()) for c in self.calls))
         self.model, self.created = body.get("model"), int(time.time())
+
+    def finish(self, openai: bool) -> str:
+        if self.calls:
+            return "tool_calls" if openai else "tool_use"
+        if self.truncated:
+            return "length" if openai else "max_tokens"
+        return "stop" if openai else "end_turn"
 
     def pieces(self) -> list[str]:
         """Content split per word, at least 3 pieces, so streams carry several deltas."""
+        if not self.content:
+            return []
         parts = re.findall(r"\S+\s*", self.content)
         if len(parts) < 3:
             n = max(1, len(self.content) // 3)
@@ -301,7 +319,7 @@ class _Handler(BaseHTTPRequestHandler):
         except ValueError:
             body = None
         body_ok, body = isinstance(body, dict), body if isinstance(body, dict) else {}
-        entry = state.record(path, body.get("model"), body.get("stream") is True)
+        entry = state.record(path, body.get("model"), body.get("stream") is True, answers.images(body, openai))
         fault: Fault | None = None
 
         def error(status: int, code: str | None = None, headers: dict[str, str] | None = None) -> None:
@@ -334,7 +352,8 @@ class _Handler(BaseHTTPRequestHandler):
                 ra = fault.retry_after
                 headers = {} if ra is None else {"Retry-After": str(int(ra)) if ra == int(ra) else str(ra)}
                 return error(status, fault.error_code, headers)
-        answer, mode = _Answer(state.name, body), fault.mode if fault else "normal"
+        mode = fault.mode if fault else "normal"
+        answer = _Answer(state.name, body, openai, bad_json=mode == "bad_json")
         state.finish(entry, 200)  # before the body: the client may drop a stream midway
         if body.get("stream") is True:
             self._stream(openai, answer, body, fault)
@@ -345,15 +364,19 @@ class _Handler(BaseHTTPRequestHandler):
     @staticmethod
     def _complete(openai: bool, a: _Answer) -> dict[str, Any]:
         if openai:
-            choice = {"index": 0, "message": {"role": "assistant", "content": a.content, "refusal": None},
-                      "logprobs": None, "finish_reason": "length" if a.truncated else "stop"}
+            message: dict[str, Any] = {"role": "assistant", "content": a.content or None, "refusal": None}
+            if a.calls:
+                message["tool_calls"] = [{"id": c.id, "type": "function",
+                                          "function": {"name": c.name, "arguments": c.arguments}} for c in a.calls]
+            choice = {"index": 0, "message": message, "logprobs": None, "finish_reason": a.finish(openai)}
             return {"id": _rid("chatcmpl-"), "object": "chat.completion", "created": a.created,
                     "model": a.model, "system_fingerprint": None, "choices": [choice],
                     "usage": {"prompt_tokens": a.input_tokens, "completion_tokens": a.output_tokens,
                               "total_tokens": a.input_tokens + a.output_tokens}}
+        blocks: list[dict[str, Any]] = [{"type": "text", "text": a.content}] if a.content else []
+        blocks += [{"type": "tool_use", "id": c.id, "name": c.name, "input": c.input} for c in a.calls]
         return {"id": _rid("msg_"), "type": "message", "role": "assistant", "model": a.model,
-                "content": [{"type": "text", "text": a.content}], "stop_sequence": None,
-                "stop_reason": "max_tokens" if a.truncated else "end_turn",
+                "content": blocks, "stop_sequence": None, "stop_reason": a.finish(openai),
                 "usage": {"input_tokens": a.input_tokens, "output_tokens": a.output_tokens}}
 
     def _stream(self, openai: bool, a: _Answer, body: dict[str, Any], fault: Fault | None) -> None:
@@ -395,13 +418,14 @@ class _Handler(BaseHTTPRequestHandler):
                 "id": rid, "type": "message", "role": "assistant", "model": a.model, "content": [],
                 "stop_reason": None, "stop_sequence": None,
                 "usage": {"input_tokens": a.input_tokens, "output_tokens": 1}}})
-            event({"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}})
+            if a.content:
+                event({"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}})
             event({"type": "ping"})
         if fault and self._wait(fault.first_token_delay):
             return None
-        pieces = a.pieces()
-        cut = max(1, len(pieces) // 2)
-        for i, piece in enumerate(pieces):
+        steps = self._steps(openai, a, chunk, event)
+        cut = max(1, len(steps) // 2)
+        for i, step in enumerate(steps):
             if fault and fault.stall_after_chunks == i and self._wait(fault.stall_seconds):
                 return None
             if mode == "truncate" and i == cut:
@@ -409,25 +433,57 @@ class _Handler(BaseHTTPRequestHandler):
             if mode == "malformed" and i == cut:
                 send('data: {"id": "broken", "choices": [{"delta": {"content": \n\n' if openai else
                      'event: content_block_delta\ndata: {"type": "content_block_delta", "index": 0, \n\n')
-            if openai:
-                chunk({"content": piece})
-            else:
-                delta = {"type": "text_delta", "text": piece}
-                event({"type": "content_block_delta", "index": 0, "delta": delta})
+            step()
         if openai:
-            chunk({}, "length" if a.truncated else "stop")
+            chunk({}, a.finish(openai))
             if with_usage:
                 chunk({}, last=True)
             if mode != "no_done":
                 send("data: [DONE]\n\n")
         else:
-            event({"type": "content_block_stop", "index": 0})
-            stop = "max_tokens" if a.truncated else "end_turn"
+            if a.content and not a.calls:
+                event({"type": "content_block_stop", "index": 0})
             event({"type": "message_delta", "usage": {"output_tokens": a.output_tokens},
-                   "delta": {"stop_reason": stop, "stop_sequence": None}})
+                   "delta": {"stop_reason": a.finish(openai), "stop_sequence": None}})
             if mode != "no_done":
                 event({"type": "message_stop"})
         return self._end_stream()
+
+    @staticmethod
+    def _steps(openai: bool, a: _Answer, chunk: Callable[..., None], event: Callable[[dict[str, Any]], None],
+               ) -> list[Callable[[], None]]:
+        """The stream's output events in order (text deltas, then each tool call's start and
+        argument pieces), so fault modes that act at event *i* work for every answer."""
+        steps: list[Callable[[], None]] = []
+        for piece in a.pieces():
+            if openai:
+                steps.append(functools.partial(chunk, {"content": piece}))
+            else:
+                delta = {"type": "text_delta", "text": piece}
+                steps.append(functools.partial(event, {"type": "content_block_delta", "index": 0, "delta": delta}))
+        first = 1 if a.content else 0
+        for n, call in enumerate(a.calls):
+            text = call.arguments
+            third = max(1, len(text) // 3)
+            parts = [p for p in (text[:third], text[third : 2 * third], text[2 * third :]) if p]
+            if openai:
+                start = {"index": n, "id": call.id, "type": "function",
+                         "function": {"name": call.name, "arguments": ""}}
+                steps.append(functools.partial(chunk, {"tool_calls": [start]}))
+                steps += [functools.partial(chunk, {"tool_calls": [{"index": n, "function": {"arguments": p}}]})
+                          for p in parts]
+                continue
+            index = first + n
+            if n == 0 and first:
+                steps.append(functools.partial(event, {"type": "content_block_stop", "index": 0}))
+            block = {"type": "tool_use", "id": call.id, "name": call.name, "input": {}}
+            steps.append(functools.partial(event, {"type": "content_block_start", "index": index,
+                                                   "content_block": block}))
+            steps += [functools.partial(event, {"type": "content_block_delta", "index": index,
+                                                "delta": {"type": "input_json_delta", "partial_json": p}})
+                      for p in parts]
+            steps.append(functools.partial(event, {"type": "content_block_stop", "index": index}))
+        return steps
 
     def _end_stream(self) -> None:
         self.wfile.write(b"0\r\n\r\n")
