@@ -154,6 +154,9 @@ class ProviderSettings(_Section):
     capabilities: list[Capability] | None = None
     """What the model takes: tools, vision, json_schema. Default by kind (``capabilities.py``):
     all three for openai and anthropic, tools and json_schema for openai-compatible."""
+    stream_options: bool = True
+    """OpenAI kinds: send ``stream_options: {include_usage: true}`` so a streamed answer reports
+    its token usage. Turn off for compatible servers that refuse the parameter (usage is then 0)."""
     rpm: float | None = Field(default=None, gt=0, allow_inf_nan=False)
     """Requests per minute across the whole fleet, spread smoothly (GCRA); unset: no limit."""
     burst: float | None = Field(default=None, gt=0, allow_inf_nan=False)

@@ -2,7 +2,7 @@
 
 Pure and SDK-free, so the breaker, the router, the policy and the adapters can all
 share it without reaching the SDKs. Turning an SDK exception into one of these is
-``failover.classify``'s job, not this module's.
+``providers.classify``'s job, not this module's.
 """
 
 from __future__ import annotations
@@ -22,11 +22,17 @@ class FailureKind(enum.StrEnum):
     CONTENT_POLICY = "content_policy"  # refused content: fail the request
     BAD_REQUEST = "bad_request"  # any other 400: fail the request
     INVALID_OUTPUT = "invalid_output"  # answer not the JSON asked for: next provider, provider not blamed
+    BILLING = "billing"  # out of credit or quota, 402: fail over at once, log loudly, provider not blamed
 
     @property
     def blames_provider(self) -> bool:
         """Only outages count against the breaker; our own bad requests never open it."""
         return self in _OUTAGES
+
+    @property
+    def needs_operator(self) -> bool:
+        """Only a person can fix it (a key, a model name, billing): logged at ERROR."""
+        return self in (FailureKind.MISCONFIGURED, FailureKind.BILLING)
 
     @property
     def fails_request(self) -> bool:

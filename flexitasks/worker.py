@@ -25,6 +25,7 @@ from celery.signals import worker_init, worker_process_init, worker_process_shut
 from flexitasks.breaker.store import BreakerState, StoreResult
 from flexitasks.celery_app import FlexitasksApp
 from flexitasks.config import Settings
+from flexitasks.providers import preload
 from flexitasks.providers.deadlines import check_deadlines
 from flexitasks.signals import breaker_transition
 
@@ -95,6 +96,9 @@ def _startup_checks(sender: Any = None, **_: Any) -> None:
     if isinstance(flexi, FlexitasksApp):
         check_keys(flexi.settings)
         check_deadlines()
+        # The SDKs of the configured kinds, before the pool forks: children share their
+        # pages, and none pays the import on its first call.
+        preload(flexi.settings.providers)
 
 
 class BreakerSync(bootsteps.StartStopStep):

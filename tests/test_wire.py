@@ -74,15 +74,15 @@ def test_openai_gets_the_request_as_given():
     assert params["tools"] == [WEATHER, TIME]
     assert params["tool_choice"] == options["tool_choice"]
     assert (params["stop"], params["top_p"], params["seed"], params["temperature"]) == (["END"], 0.5, 3, 0.2)
-    assert params["max_tokens"] == 99 and params["stream"] is True
+    assert params["max_completion_tokens"] == 99 and params["stream"] is True
     assert params["stream_options"] == {"include_usage": True}
     assert "metadata" not in params and "providers" not in params
 
 
 def test_openai_defaults_and_formats():
     params = oai(req([{"role": "user", "content": "hi"}]))
-    assert params == {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 256,
-                      "stream": True, "stream_options": {"include_usage": True}}
+    assert params == {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}],
+                      "max_completion_tokens": 256, "stream": True, "stream_options": {"include_usage": True}}
     fmt = {"type": "json_schema", "json_schema": {"name": "verdict", "schema": SCHEMA, "strict": True}}
     assert oai(req(response_format=fmt))["response_format"] == fmt
     assert oai(req(response_format={"type": "json_object"}))["response_format"] == {"type": "json_object"}

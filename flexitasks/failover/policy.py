@@ -120,7 +120,9 @@ def default_policy(settings: RetrySettings, rng: random.Random | None = None) ->
     return FailoverPolicy(
         rules=(
             fail_request_on(FailureKind.BAD_REQUEST, *fatal),
-            next_provider_on(FailureKind.CONTEXT_LENGTH, FailureKind.MISCONFIGURED, FailureKind.TIMEOUT),
+            next_provider_on(
+                FailureKind.CONTEXT_LENGTH, FailureKind.MISCONFIGURED, FailureKind.BILLING, FailureKind.TIMEOUT
+            ),
             next_provider_on(*onward),
             honour_retry_after(s.retry_after_wait_max),
             backoff_on(FailureKind.RATE_LIMITED, s.rate_limit_attempts - 1, s.rate_limit_backoff, rng),

@@ -238,8 +238,8 @@ class Router:
 
     @staticmethod
     def _log(provider: ProviderSettings, failure: ProviderFailure, action: Action) -> None:
-        if failure.kind is FailureKind.MISCONFIGURED:
-            log.error("provider %s is misconfigured (%s); failing over", provider.name, failure)
+        if failure.kind.needs_operator:
+            log.error("provider %s needs its operator (%s); failing over", provider.name, failure)
         else:
             log.warning("provider %s failed (%s); %s", provider.name, failure, action.value)
 

@@ -58,15 +58,24 @@ class Fault(BaseModel):
     first_token_delay: float = Field(0.0, ge=0, le=MAX_WAIT)
     stall_after_chunks: int | None = Field(None, ge=0)
     stall_seconds: float = Field(0.0, ge=0, le=MAX_WAIT)
-    mode: Literal["normal", "hang", "reset", "malformed", "truncate", "no_done", "bad_json"] = "normal"
+    mode: Literal["normal", "hang", "reset", "malformed", "truncate", "no_done", "bad_json", "error_event"] = "normal"
+    """``error_event``: HTTP 200, then halfway through the answer an in-band error (Anthropic's
+    ``event: error``, an OpenAI-compatible ``data: {"error": ...}``) of type ``error_code``
+    (default ``overloaded_error``), and the stream ends."""
     count: int | None = Field(None, ge=1)
     paths: list[Literal["/v1/chat/completions", "/v1/messages"]] | None = None
     message: str | None = Field(None, max_length=2000)
     """The error's message text instead of the default (e.g. a provider echoing a key)."""
+    reject_params: list[str] | None = None
+    """Body keys answered with 400 "Unsupported parameter", as newer models do for ``max_tokens``
+    and some compatible servers for ``stream_options``."""
 
     def effective_status(self) -> int | None:
-        """An ``error_code`` without a status means 400, as both APIs send for those codes."""
-        return self.status if self.status is not None else (400 if self.error_code else None)
+        """An ``error_code`` without a status means 400, as both APIs send for those codes
+        (except an in-band error event, which follows HTTP 200)."""
+        if self.status is not None or self.mode == "error_event":
+            return self.status
+        return 400 if self.error_code else None
 
     def label(self) -> str:
         """Name in the request log: a mode ("hang"), ``"status:429"``, or ``"delay"`` for timing only."""
@@ -202,6 +211,10 @@ def _openai_error(status: int, code: str | None, model: Any) -> dict[str, Any]:
     elif status == 404:
         msg = f"The model `{model}` does not exist or you do not have access to it."
         code = code or "model_not_found"
+    elif code == "insufficient_quota":
+        msg, kind = "You exceeded your current quota, please check your plan and billing details.", code
+    elif code == "unsupported_parameter":
+        msg = "Unsupported parameter: this model does not support it."
     elif status == 429:
         msg, kind = "Rate limit reached for requests. Please try again later.", "requests"
         code = code or "rate_limit_exceeded"
@@ -214,6 +227,7 @@ def _openai_error(status: int, code: str | None, model: Any) -> dict[str, Any]:
 
 _ANTHROPIC_ERRORS = {  # status -> (error.type, message)
     400: ("invalid_request_error", "Invalid request"), 401: ("authentication_error", "invalid x-api-key"),
+    402: ("billing_error", "There is an issue with your billing or payment information."),
     403: ("permission_error", "Your API key does not have permission to use the specified resource."),
     404: ("not_found_error", "model not found"), 413: ("request_too_large", "Request exceeds maximum size"),
     429: ("rate_limit_error", "Number of requests has exceeded your rate limit."),
@@ -221,10 +235,17 @@ _ANTHROPIC_ERRORS = {  # status -> (error.type, message)
     529: ("overloaded_error", "Overloaded")}
 
 
+_IN_BAND_MESSAGES = {"overloaded_error": "Overloaded", "api_error": "Internal server error",
+                     "rate_limit_error": "Rate limit exceeded", "server_error": "The server had an error"}
+
+
 def _anthropic_error(status: int, code: str | None) -> dict[str, Any]:
     kind, msg = _ANTHROPIC_ERRORS.get(status) or _ANTHROPIC_ERRORS[500 if status >= 500 else 400]
     if code == "context_length_exceeded":
         msg = "prompt is too long: 250000 tokens > 200000 maximum"
+    elif code == "credit_balance_too_low":
+        msg = ("Your credit balance is too low to access the Anthropic API. "
+               "Please go to Plans & Billing to upgrade or purchase credits.")
     elif code:
         msg = "Output blocked by content filtering policy" if "policy" in code else code
     return {"type": "error", "error": {"type": kind, "message": msg}, "request_id": _rid("req_")}
@@ -348,6 +369,9 @@ class _Handler(BaseHTTPRequestHandler):
                 return self._reset()
             if fault.mode == "hang":
                 return self._hang()
+            rejected = [k for k in fault.reject_params or () if k in body]
+            if rejected:
+                return error(400, "unsupported_parameter")
             if (status := fault.effective_status()) is not None:
                 ra = fault.retry_after
                 headers = {} if ra is None else {"Retry-After": str(int(ra)) if ra == int(ra) else str(ra)}
@@ -386,7 +410,7 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_header("Content-Type", "text/event-stream; charset=utf-8")
         self.send_header("Cache-Control", "no-cache")
         self.send_header("Transfer-Encoding", "chunked")
-        if mode in ("truncate", "no_done"):  # else the client may reuse a socket we are about to close
+        if mode in ("truncate", "no_done", "error_event"):  # else the client may reuse a socket we are about to close
             self.send_header("Connection", "close")
             self.close_connection = True
         self.end_headers()
@@ -430,6 +454,8 @@ class _Handler(BaseHTTPRequestHandler):
                 return None
             if mode == "truncate" and i == cut:
                 return self._end_stream()  # a clean end of body, but no finish_reason / message_stop
+            if mode == "error_event" and i == cut:
+                return self._error_event(openai, fault.error_code if fault else None, fault.message if fault else None)
             if mode == "malformed" and i == cut:
                 send('data: {"id": "broken", "choices": [{"delta": {"content": \n\n' if openai else
                      'event: content_block_delta\ndata: {"type": "content_block_delta", "index": 0, \n\n')
@@ -484,6 +510,20 @@ class _Handler(BaseHTTPRequestHandler):
                       for p in parts]
             steps.append(functools.partial(event, {"type": "content_block_stop", "index": index}))
         return steps
+
+    def _error_event(self, openai: bool, code: str | None, text: str | None) -> None:
+        """An error inside a stream already answered with 200, then the end of the body."""
+        kind = code or "overloaded_error"
+        message = text or _IN_BAND_MESSAGES.get(kind, kind)
+        if openai:  # OpenAI-compatible servers (vLLM, OpenRouter, ...) send a bare error object
+            data = json.dumps({"error": {"message": message, "type": kind, "code": kind}})
+            text = f"data: {data}\n\n"
+        else:
+            data = json.dumps({"type": "error", "error": {"type": kind, "message": message}})
+            text = f"event: error\ndata: {data}\n\n"
+        raw = text.encode()
+        self.wfile.write(b"%x\r\n%s\r\n" % (len(raw), raw))
+        self._end_stream()
 
     def _end_stream(self) -> None:
         self.wfile.write(b"0\r\n\r\n")

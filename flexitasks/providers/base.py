@@ -8,12 +8,19 @@ answer as success. They know nothing of breakers, retries or Celery.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Protocol
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
 
 from flexitasks.config import ProviderSettings
 from flexitasks.failures import FailureKind, ProviderFailure
 from flexitasks.models import ChatRequest
+from flexitasks.providers.classify import is_connection_error
+from flexitasks.providers.deadlines import StreamWatch
+
+OnDelta = Callable[[str], None]
+"""Called with each piece of answer text as it arrives (``flexitasks.streaming`` relays it)."""
 
 
 @dataclass(frozen=True)
@@ -23,12 +30,16 @@ class Completion:
     finish_reason: str
     input_tokens: int
     output_tokens: int
+    tool_calls: list[dict[str, str]] = field(default_factory=list)
+    """``[{"id", "name", "arguments": <JSON text as the provider sent it>}]``, in the answer's order."""
+    first_token_s: float | None = None
+    """Seconds from the request being sent to the first generated output."""
 
 
 class ProviderAdapter(Protocol):
     name: str
 
-    def complete(self, request: ChatRequest, budget: float) -> Completion:
+    def complete(self, request: ChatRequest, budget: float, on_delta: OnDelta | None = None) -> Completion:
         """One call, bounded by ``budget`` seconds in total; raises ``ProviderFailure``."""
         ...
 
@@ -44,3 +55,71 @@ def require_key(settings: ProviderSettings) -> str:
             FailureKind.MISCONFIGURED, f"environment variable {settings.api_key_env} is empty or unset"
         )
     return key.get_secret_value()
+
+
+class ToolCalls:
+    """Streamed tool-call pieces, joined per call: ids and names arrive once (some servers
+    repeat them on every piece, so the first wins), arguments as JSON text in pieces."""
+
+    def __init__(self) -> None:
+        self._calls: dict[int, dict[str, Any]] = {}
+
+    def add(self, index: int, call_id: str | None, name: str | None, arguments: str | None) -> None:
+        call = self._calls.get(index)
+        if call is None:
+            call = self._calls[index] = {"id": "", "name": "", "arguments": []}
+        if call_id and not call["id"]:
+            call["id"] = call_id
+        if name and not call["name"]:
+            call["name"] = name
+        if arguments:
+            call["arguments"].append(arguments)
+
+    def result(self) -> list[dict[str, str]]:
+        return [
+            {"id": c["id"], "name": c["name"], "arguments": "".join(c["arguments"]) or "{}"}
+            for _, c in sorted(self._calls.items())
+        ]
+
+
+class Reading:
+    """What both adapters note while one answer streams in: when bytes and the first
+    output arrived, and what a failure means given that (issue 11: silence, then a drop)."""
+
+    def __init__(self, settings: ProviderSettings, on_delta: OnDelta | None) -> None:
+        self.settings = settings
+        self.on_delta = on_delta
+        self.start = self.last_bytes = time.monotonic()
+        self.first_token_s: float | None = None
+
+    def bytes_arrived(self) -> None:
+        self.last_bytes = time.monotonic()
+
+    def output(self) -> None:
+        """Generated output arrived (text, a tool call, thinking)."""
+        if self.first_token_s is None:
+            self.first_token_s = time.monotonic() - self.start
+
+    def failed(self, exc: BaseException, watch: StreamWatch) -> ProviderFailure:
+        """The failure to report for ``exc``. A connection that stayed silent for more than
+        half the first-token limit and was then dropped or closed before any output is a
+        silent route: a timeout (next provider, no same-provider retry), so its wait is not
+        paid twice."""
+        failure = watch.failure(exc)
+        if failure.kind is FailureKind.UNAVAILABLE and is_connection_error(exc):
+            return self.silent_drop() or failure
+        return failure
+
+    def cut(self, what: str) -> ProviderFailure:
+        """The stream ended cleanly but before the answer was complete."""
+        return self.silent_drop() or ProviderFailure(FailureKind.TRUNCATED, what)
+
+    def silent_drop(self) -> ProviderFailure | None:
+        """A timeout, if no output came and the connection was silent for over half of
+        ``first_token_timeout`` before it ended."""
+        silence = time.monotonic() - self.last_bytes
+        if self.first_token_s is not None or silence <= self.settings.first_token_timeout / 2:
+            return None
+        return ProviderFailure(
+            FailureKind.TIMEOUT, f"no byte for {silence:.1f}s, then the connection closed, before any output"
+        )

@@ -28,8 +28,8 @@ import httpcore2
 import httpx2
 
 from flexitasks.config import ProviderSettings
-from flexitasks.failover.classify import classify
 from flexitasks.failures import FailureKind, ProviderFailure
+from flexitasks.providers.classify import classify
 
 log = logging.getLogger(__name__)
 

@@ -42,14 +42,19 @@ WRAPPED = "answer"
 
 
 def openai_params(request: ChatRequest, settings: ProviderSettings) -> dict[str, Any]:
-    """Chat Completions parameters: the request as given, always streamed with usage."""
+    """Chat Completions parameters: the request as given, always streamed, with usage unless
+    the provider's ``stream_options`` is off. The ``openai`` kind sends ``max_completion_tokens``
+    (the current API takes it for every chat model; newer models refuse ``max_tokens``);
+    compatible servers mostly know only ``max_tokens``."""
+    limit = "max_completion_tokens" if settings.kind == "openai" else "max_tokens"
     params: dict[str, Any] = {
         "model": settings.model,
         "messages": [m.model_dump(exclude_none=True) for m in request.messages],
-        "max_tokens": request.max_tokens or settings.max_tokens,
+        limit: request.max_tokens or settings.max_tokens,
         "stream": True,
-        "stream_options": {"include_usage": True},
     }
+    if settings.stream_options:
+        params["stream_options"] = {"include_usage": True}
     for name in ("tools", "tool_choice", "response_format"):
         value = getattr(request, name)
         if value is not None:
