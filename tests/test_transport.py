@@ -42,6 +42,10 @@ def test_socket_deadlines_are_active():
     assert deadlines_active()
 
 
+def test_the_self_test_notices_a_transport_without_deadlines():
+    assert not deadlines_active(httpx2.HTTPTransport(trust_env=False), backstop=1.0)
+
+
 def test_requests_go_through_the_proxy_the_environment_names(fake, monkeypatch):
     monkeypatch.setenv("HTTP_PROXY", fake.url)
     monkeypatch.delenv("NO_PROXY", raising=False)

@@ -349,22 +349,24 @@ class WatchedTransport(httpx2.BaseTransport):
             pool.close()
 
 
-def deadlines_active(limit: float = 0.1) -> bool:
-    """Start-up self-test: does a socket read through ``WatchedTransport`` end at the
-    active watch's deadline? Asks a local listener that never answers (it never accepts:
-    the kernel completes the connect, nothing is ever sent back), with a first-token limit
-    of ``limit`` s under a 5 s socket timeout."""
+def deadlines_active(transport: httpx2.BaseTransport | None = None, limit: float = 0.1,
+                     backstop: float = 2.0) -> bool:
+    """Start-up self-test: does a socket read through ``transport`` (default: a
+    ``WatchedTransport``) end at the active watch's deadline? Asks a local listener that
+    never answers (it never accepts: the kernel completes the connect, nothing is ever sent
+    back) with a first-token limit of ``limit`` s under a ``backstop`` s socket timeout."""
     probe = ProviderSettings(name="self-test", kind="openai", model="-", connect_timeout=1.0,
-                             first_token_timeout=limit, stall_timeout=limit, timeout=5.0)
+                             first_token_timeout=limit, stall_timeout=limit, timeout=backstop * 2)
     with socket.socket() as listener:
         listener.bind(("127.0.0.1", 0))
         listener.listen(1)
         url = f"http://127.0.0.1:{listener.getsockname()[1]}/"
-        with WatchedTransport(trust_env=False) as transport, httpx2.Client(transport=transport, timeout=5.0) as client:
+        transport = transport if transport is not None else WatchedTransport(trust_env=False)
+        with transport, httpx2.Client(transport=transport, timeout=backstop) as client:
             start = time.monotonic()
-            with contextlib.suppress(httpx2.TransportError), StreamWatch(probe, budget=5.0):
+            with contextlib.suppress(httpx2.TransportError), StreamWatch(probe, budget=backstop * 2):
                 client.get(url)
-            return time.monotonic() - start < 2.0
+            return time.monotonic() - start < backstop / 2
 
 
 def check_deadlines() -> None:
