@@ -7,9 +7,10 @@
 - every prefork child (also each replacement): ``worker_process_init`` builds its own
   runtime (nothing inherited is used: ``per_process.py``), waiting at most 1 s for the
   first snapshot (Celery kills a child whose init blocks for 4 s). Pools without
-  children fire no such signal; the first task builds the runtime there;
-- at start (``worker_init``): a warning for each provider key that is missing, and the
-  socket-deadline self-test (``providers/deadlines.py``);
+  children (threads, solo) fire no such signal: their tasks run in the main process,
+  on the runtime the bootstep built (or the first task builds it, if it comes first);
+- at start (``worker_init``): an error for each provider key that is missing, the
+  socket-deadline self-test (``providers/deadlines.py``), the SDKs preloaded;
 - every ``breaker_transition`` this process sends becomes a Celery event
   (``breaker-opened`` ...), so Flower and event monitors see it.
 """
