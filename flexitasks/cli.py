@@ -44,6 +44,17 @@ def _print_status(status: dict[str, Any]) -> None:
             cells.append(f"{state(b.get('state', '?'))} g{b.get('generation', '?')}")
         procs.add_row(p.get("host", "?"), str(p.get("pid", "?")), p.get("role", "?"), *cells)
     console.print(procs)
+    if status.get("limits"):
+        limits = Table(title="limits (fleet-wide, in Redis)")
+        for col in ("provider", "limit", "used", "capacity", "headroom", "skips"):
+            limits.add_column(col)
+        for name, entry in status["limits"].items():
+            for limit, v in entry.items():
+                if limit != "skips":
+                    label = f"rpm {v['per_minute']:g}/min, burst" if limit == "rpm" else limit
+                    limits.add_row(name, label, f"{v['used']:g}", f"{v['capacity']:g}", f"{v['headroom']:g}",
+                                   str(entry["skips"].get(limit, 0)))
+        console.print(limits)
 
 
 def main(argv: list[str] | None = None) -> int:

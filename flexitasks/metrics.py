@@ -12,7 +12,7 @@ from collections import Counter
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from flexitasks.breaker.store import BreakerState
@@ -24,7 +24,7 @@ class FleetCollector(Collector):
     def __init__(self, status: StatusSource) -> None:
         self._status = status
 
-    def collect(self) -> Iterator[GaugeMetricFamily]:
+    def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
         status = self._status()
         providers: dict[str, dict[str, Any]] = status["providers"]
         processes: list[dict[str, Any]] = status["processes"]
@@ -71,6 +71,33 @@ class FleetCollector(Collector):
         )
         invalid.add_metric([], sum(int(p.get("invalid_events", 0)) for p in processes))
         yield invalid
+        yield from _limit_metrics(status.get("limits", {}))
+
+
+def _limit_metrics(limits: dict[str, dict[str, Any]]) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
+    """Fleet-wide limits (``flexitasks.limits.status``): use against capacity, and skips."""
+    used = GaugeMetricFamily(
+        "flexitasks_limit_used",
+        "in use now: rpm requests in its bucket, tpm tokens reserved or spent this minute, in_flight calls",
+        labels=["provider", "limit"],
+    )
+    capacity = GaugeMetricFamily(
+        "flexitasks_limit_capacity",
+        "most a limit holds at once: rpm's burst, tpm's tokens per minute, max_in_flight",
+        labels=["provider", "limit"],
+    )
+    skips = CounterMetricFamily(
+        "flexitasks_limit_skips", "attempts skipped because the provider was at this limit",
+        labels=["provider", "limit"],
+    )
+    for name, entry in limits.items():
+        for limit, value in entry.items():
+            if limit == "skips":
+                continue
+            used.add_metric([name, limit], value["used"])
+            capacity.add_metric([name, limit], value["capacity"])
+            skips.add_metric([name, limit], entry.get("skips", {}).get(limit, 0))
+    yield from (used, capacity, skips)
 
 
 def serve(port: int, status: StatusSource, addr: str = "0.0.0.0") -> None:

@@ -74,7 +74,8 @@ class FakeProviderAdmin:
         self._call("POST", "/_admin/reset")
 
     def stats(self) -> dict[str, Any]:
-        """``{"name", "requests", "by_path", "by_status", "by_fault", "fault", "remaining"}``."""
+        """``{"name", "requests", "by_path", "by_status", "by_fault", "fault", "remaining",
+        "in_flight", "max_in_flight"}`` (chat requests being served now; the most at once)."""
         return self._call("GET", "/_admin/stats")
 
     def requests(self, since: int = 0) -> list[dict[str, Any]]:

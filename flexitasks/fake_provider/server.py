@@ -101,6 +101,8 @@ class _State:
             self.by_status: Counter[str] = Counter()
             self.by_fault: Counter[str] = Counter()
             self.log: deque[dict[str, Any]] = deque(maxlen=LOG_MAX)
+            self.in_flight: int = getattr(self, "in_flight", 0)  # chat requests being served now (kept)
+            self.max_in_flight = self.in_flight  # the most at once since the reset
 
     def set_fault(self, fault: Fault | None) -> None:
         with self.lock:
@@ -140,7 +142,14 @@ class _State:
         with self.lock:
             return {"name": self.name, "requests": self.seq, "by_path": dict(self.by_path),
                     "by_status": dict(self.by_status), "by_fault": dict(self.by_fault),
-                    "fault": self.fault.model_dump() if self.fault else None, "remaining": self.remaining}
+                    "fault": self.fault.model_dump() if self.fault else None, "remaining": self.remaining,
+                    "in_flight": self.in_flight, "max_in_flight": self.max_in_flight}
+
+    def enter(self, delta: int) -> None:
+        """A chat request starts (+1) or ends (-1): tells how many calls overlap."""
+        with self.lock:
+            self.in_flight += delta
+            self.max_in_flight = max(self.max_in_flight, self.in_flight)
 
     def requests(self, since: int) -> list[dict[str, Any]]:
         with self.lock:
@@ -305,7 +314,11 @@ class _Handler(BaseHTTPRequestHandler):
             return self._json(400, {"error": "invalid Content-Length"})
         raw = self.rfile.read(length) if length else b""
         if method == "POST" and url.path in CHAT_PATHS:
-            self._chat(url.path, raw)
+            state.enter(1)
+            try:
+                self._chat(url.path, raw)
+            finally:
+                state.enter(-1)
         elif route == ("POST", "/_admin/fault"):
             try:
                 fault = Fault.model_validate_json(raw or b"{}")

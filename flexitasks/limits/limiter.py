@@ -19,12 +19,16 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 from flexitasks.limits.backend import LimiterBackend, LimiterError
 from flexitasks.limits.machine import LimitView
 from flexitasks.limits.memory_backend import MemoryLimiterBackend
-from flexitasks.limits.policy import LimitPolicy
+from flexitasks.limits.policy import LimitPolicy, policy_of
+from flexitasks.limits.redis_backend import RedisLimiterBackend
+
+if TYPE_CHECKING:
+    from flexitasks.config import Settings
 
 __all__ = ["IN_FLIGHT_RECHECK", "Limiter", "Refusal", "Slot", "estimate_tokens"]
 
@@ -83,6 +87,20 @@ class Limiter:
         self._owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
         self._serial = itertools.count(1)
 
+    @classmethod
+    def for_settings(cls, settings: Settings) -> Limiter | None:
+        """This process's limiter over the configured Redis; None when no provider has a
+        limit (then nothing here ever talks to Redis)."""
+        policies = {p.name: policy_of(p) for p in settings.providers}
+        if not any(p.limited for p in policies.values()):
+            return None
+        import redis
+
+        s = settings.sync
+        client = redis.Redis.from_url(s.redis_url, socket_timeout=s.socket_timeout,
+                                      socket_connect_timeout=s.socket_timeout)
+        return cls(policies, RedisLimiterBackend(client, s.key_prefix))
+
     @property
     def degraded(self) -> bool:
         """Serving from this process's memory because Redis failed a moment ago."""
@@ -132,15 +150,15 @@ class Limiter:
         aged = LimitView(view.now + (self.clock() - at), view.rpm_tat, view.tpm_tat, view.in_flight)
         return aged.headroom(policy)
 
-    def describe(self, provider: str) -> str:
-        """The limiter's last view of a provider in words, for a log line."""
+    def describe(self, provider: str, view: LimitView | None = None) -> str:
+        """A view of a provider (default: the last this process saw) in words, for a log line."""
         policy = self.policies.get(provider)
-        seen = self._views.get(provider)
+        seen = view or (self._views[provider][0] if provider in self._views else None)
         if policy is None or not policy.limited:
             return "no limits configured"
         if seen is None:
             return "no view yet"
-        used = seen[0].used(policy)
+        used = seen.used(policy)
         return ", ".join(f"{name} {used[name]:.1f}/{policy.capacity(name):g} in use" for name in used)
 
     # -- backend choice ---------------------------------------------------------------------
@@ -153,3 +171,4 @@ class Limiter:
                     log.warning("limiter store unreachable (%s): limiting this process alone for now", exc)
                 self._fallback_until = self.clock() + FALLBACK_SECONDS
         return self.fallback, op(self.fallback)
+
