@@ -21,6 +21,7 @@ from flexitasks.breaker.permit import BreakerGate, OpenGate
 from flexitasks.config import Settings
 from flexitasks.failover.policy import default_policy
 from flexitasks.failover.router import Router
+from flexitasks.limits.limiter import Limiter
 from flexitasks.per_process import PerProcess
 from flexitasks.providers import build_adapter
 from flexitasks.sync.process import ProcessSync, start_sync
@@ -43,6 +44,7 @@ class Runtime:
             gate=gate,
             policy=default_policy(settings.retry),
             request_timeout=settings.retry.request_timeout,
+            limiter=Limiter.for_settings(settings),
         )
         return cls(settings, router, gate, sync)
 

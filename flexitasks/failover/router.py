@@ -1,10 +1,12 @@
 """The failover loop: try providers in priority order until one answers.
 
-The only place where "which provider next" is decided. For each provider in turn it
-runs three named steps: ``_admit`` (ask the breaker gate), ``_call`` (one adapter call,
-recorded as an attempt) and ``_after_failure`` (ask the policy what the failure means:
-retry here, go on, give up, or come back later). One ``RunState`` holds what a request
-has learned so far; it owns no I/O beyond pauses of at most ``INLINE_PAUSE_MAX``.
+The only place where "which provider next" is decided. Providers go by priority (equal
+priorities in a weighted order, ``limits.balance``). For each in turn it runs three
+named steps: ``_admit`` (ask the breaker gate, then the fleet-wide limits), ``_call``
+(one adapter call, recorded as an attempt) and ``_after_failure`` (ask the policy what
+the failure means: retry here, go on, give up, or come back later). One ``RunState``
+holds what a request has learned so far; it owns no I/O beyond pauses of at most
+``INLINE_PAUSE_MAX``.
 
 Time: one run has a deadline (``request_timeout`` from its start, or what is left of the
 request's). No call starts at or after it and every call's budget ends at it. A wait
@@ -16,6 +18,7 @@ never slept here: the run ends with ``ComeBackLater(delay, state)`` and the call
 from __future__ import annotations
 
 import logging
+import random
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -30,9 +33,11 @@ from flexitasks.errors import AllProvidersFailed, ContentRejected, FlexitasksErr
 from flexitasks.failover.classify import classify
 from flexitasks.failover.policy import Action, Decision, FailoverPolicy
 from flexitasks.failures import FailureKind, ProviderFailure
+from flexitasks.limits import balance
+from flexitasks.limits.limiter import Limiter, Slot, estimate_tokens
 from flexitasks.models import Attempt, ChatRequest, ChatResult, Outcome, Usage
 from flexitasks.output import Answer, read_answer
-from flexitasks.providers.base import ProviderAdapter
+from flexitasks.providers.base import Completion, ProviderAdapter
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +78,7 @@ class _Run:
     deadline: float
     state: RunState
     back_at: dict[str, float] = field(default_factory=dict)  # provider -> free again (router clock)
+    slot: Slot | None = None  # the call in progress, admitted under its provider's limits
 
     def record(self, provider: str, outcome: Outcome, error: str | None = None, latency: float = 0.0) -> None:
         self.state.attempts.append(Attempt(provider=provider, outcome=outcome, error=error, latency_ms=latency))
@@ -88,6 +94,8 @@ class Router:
         request_timeout: float,
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], None] = time.sleep,
+        limiter: Limiter | None = None,
+        rng: random.Random | None = None,
     ) -> None:
         self.providers = sorted(providers, key=lambda p: p.priority)
         self.adapters = adapters
@@ -96,6 +104,8 @@ class Router:
         self.request_timeout = request_timeout
         self.clock = clock
         self.sleep = sleep
+        self.limiter = limiter
+        self.rng = rng or random.Random()
 
     def eligible(self, request: ChatRequest) -> list[ProviderSettings]:
         if request.providers is None:
@@ -118,7 +128,8 @@ class Router:
             raise InvalidRequest(capabilities.none_left(request, unfit))
         for name, why in unfit.items() if resume is None else ():
             run.record(name, "skipped", why)
-        for provider in providers:
+        headroom = self.limiter.headroom if self.limiter is not None else lambda _name: 1.0
+        for provider in balance.order(providers, headroom, self.rng):
             if provider.name in run.state.done or self.clock() >= run.deadline:
                 continue
             result = self._serve(provider, request, run)
@@ -132,7 +143,7 @@ class Router:
         """Admit, call, after-failure, for as long as the policy says retry here; None: go on."""
         patient = provider.name in run.state.waiting
         while self.clock() < run.deadline:
-            permit = self._admit(provider.name, run, patient)
+            permit = self._admit(provider, request, run, patient)
             if permit is None:
                 return None
             try:
@@ -146,16 +157,18 @@ class Router:
             return _result(provider.name, answer, run.state.attempts)
         return None
 
-    def _admit(self, provider: str, run: _Run, patient: bool) -> Permit | None:
-        """Ask the gate; a provider whose cool-down just ended gets ``ADMIT_GRACE`` of
-        polling. A refusal is recorded as a skipped attempt, with the reopen time if known."""
+    def _admit(self, settings: ProviderSettings, request: ChatRequest, run: _Run, patient: bool) -> Permit | None:
+        """Ask the gate, then the limits; a provider whose cool-down just ended gets
+        ``ADMIT_GRACE`` of polling. A refusal is recorded as a skipped attempt, with the
+        reopen time if known."""
+        provider = settings.name
         permit = self.gate.admit(provider)
         until = min(self.clock() + ADMIT_GRACE, run.deadline)
         while permit is None and patient and self.clock() + ADMIT_POLL < until:
             self.sleep(ADMIT_POLL)
             permit = self.gate.admit(provider)
         if permit is not None:
-            return permit
+            return permit if self._within_limits(settings, request, run) else None
         left = self.gate.reopens_in(provider)
         left = left if left is not None and left > 0 else None
         why = "circuit open" if left is None else f"cooling down, {left:.2f}s left"
@@ -167,20 +180,50 @@ class Router:
             run.state.done.append(provider)
         return None
 
+    def _within_limits(self, provider: ProviderSettings, request: ChatRequest, run: _Run) -> bool:
+        """Take a slot under the provider's fleet-wide limits (no store call when it has
+        none); over a limit it is skipped and the run may come back when the slot frees."""
+        if self.limiter is None or not self.limiter.limited(provider.name):
+            return True
+        tokens = estimate_tokens([m.content for m in request.messages], request.max_tokens or provider.max_tokens)
+        got = self.limiter.admit(provider.name, tokens)
+        if isinstance(got, Slot):
+            run.slot = got
+            return True
+        why = f"rate limit: {got.limit}"
+        run.record(provider.name, "skipped", why)
+        run.state.last_error.setdefault(provider.name, f"skipped: {why}")
+        run.back_at[provider.name] = self.clock() + got.retry_after
+        return False
+
+    def _release(self, run: _Run, completion: Completion | None, failure: ProviderFailure | None) -> None:
+        """After a call: settle its tokens and free its in-flight lease. A 429 the limiter
+        did not see coming is logged with its view, so limits set too high show."""
+        slot, run.slot = run.slot, None
+        if slot is None or self.limiter is None:
+            return
+        self.limiter.finished(slot, None if completion is None else completion.input_tokens + completion.output_tokens)
+        if failure is not None and failure.kind is FailureKind.RATE_LIMITED:
+            log.warning("provider %s answered 429 although its limits had room (limiter at admission: %s)",
+                        slot.provider, self.limiter.describe(slot.provider, slot.view))
+
     def _call(self, provider: str, permit: Permit, request: ChatRequest, run: _Run) -> Answer:
         """One adapter call within the run's deadline, its answer checked (``output.py``);
         reports the outcome to the gate."""
         t0 = self.clock()
+        completion: Completion | None = None
         try:
             completion = self.adapters[provider].complete(request, max(run.deadline - t0, 0.001))
             answer = read_answer(request, completion)
         except Exception as exc:
             failure = classify(exc)
             latency = round((self.clock() - t0) * 1000, 3)
+            self._release(run, completion, failure)  # an answer that failed its check still used tokens
             run.record(provider, "error", str(failure), latency)
             run.state.last_error[provider] = str(failure)
             self.gate.failed(permit, failure)
             raise failure from None
+        self._release(run, completion, None)
         self.gate.succeeded(permit)
         run.record(provider, "ok", latency=round((self.clock() - t0) * 1000, 3))
         return answer
