@@ -72,15 +72,22 @@ class LimitsModel(RuleBasedStateMachine):
 
     @rule(provider=st.sampled_from(PROVIDERS),
           tokens=st.one_of(st.integers(0, 400), st.sampled_from([0, 1, 10, 250, 1000, 100_000])))
-    def check(self, provider: str, tokens: int) -> None:
+    def check(self, provider: str, tokens: int, max_wait: float = 0.0) -> None:
         self.serial += 1
         lease = f"w{self.serial % 3}:{self.serial}"
-        r = self.redis.check(provider, self.policy[provider], tokens, lease)
-        m = self.memory.check(provider, self.policy[provider], tokens, lease)
-        assert r == m, f"check({provider}, {tokens})"
+        r = self.redis.check(provider, self.policy[provider], tokens, lease, max_wait)
+        m = self.memory.check(provider, self.policy[provider], tokens, lease, max_wait)
+        assert r == m, f"check({provider}, {tokens}, {max_wait})"
         self.refusals.update(m.refused)
+        self.refusals.update({"booked"} if m.booked else set())
         if m.allowed:
             self.held.append((provider, lease, m.reserved))
+
+    @rule(provider=st.sampled_from(PROVIDERS), tokens=st.integers(0, 400),
+          max_wait=st.sampled_from([0.5, 1.0, 30.0, 120.0]))
+    def book(self, provider: str, tokens: int, max_wait: float) -> None:
+        """A call with nowhere else to go books the next slot within its deadline."""
+        self.check(provider, tokens, max_wait)
 
     @rule(provider=st.sampled_from(PROVIDERS), n=st.integers(2, 8))
     def burst_of_checks(self, provider: str, n: int) -> None:
@@ -141,4 +148,4 @@ def test_redis_limiter_matches_memory_model(redis_client: redis.Redis) -> None:
         settings=settings(max_examples=80, stateful_step_count=40, deadline=None, database=None,
                           suppress_health_check=[HealthCheck.too_slow]),
     )
-    assert LimitsModel.refusals == {"rpm", "tpm", "in_flight"}
+    assert LimitsModel.refusals == {"rpm", "tpm", "in_flight", "booked"}

@@ -14,13 +14,14 @@ import pytest
 from test_failover_units import RETRY, Clock, Gate, Requeue, Script, answer, failure, provider
 
 from flexitasks.failover.policy import default_policy
-from flexitasks.failover.router import ComeBackLater, Router
+from flexitasks.failover.router import BOOK_MARGIN, ComeBackLater, Router
 from flexitasks.failures import FailureKind
 from flexitasks.limits import LimitPolicy, MemoryLimiterBackend
 from flexitasks.limits.limiter import Limiter
 from flexitasks.models import ChatRequest
 
 REQUEST = ChatRequest.parse([{"role": "user", "content": "hi"}], {"max_tokens": 10})
+ONLY = ChatRequest.parse([{"role": "user", "content": "hi"}], {"providers": ["primary"]})
 
 
 def limited_router(clock: Clock, policies: dict[str, LimitPolicy], primary: list, secondary: list,
@@ -52,18 +53,32 @@ def test_over_rpm_the_provider_is_skipped_and_the_next_answers() -> None:
         ("primary", "skipped", "rate limit: rpm"), ("secondary", "ok", None)]
 
 
-def test_with_nowhere_else_to_go_the_run_comes_back_at_the_free_slot() -> None:
+def test_with_nowhere_else_to_go_the_run_books_the_free_slot_and_comes_back_for_it() -> None:
     clock = Clock()
     router, p, _, _ = limited_router(clock, {"primary": LimitPolicy(rpm=60.0, burst=1.0)},
                                      [answer("primary")], [answer("secondary")])
-    only = ChatRequest.parse([{"role": "user", "content": "hi"}], {"providers": ["primary"]})
-    router.run(only)
+    router.run(ONLY)
     with pytest.raises(ComeBackLater) as later:
-        router.run(only)
-    assert later.value.delay == pytest.approx(1.0 - 0.01)  # the first call took 0.01 s of the second
+        router.run(ONLY)
+    assert later.value.delay == pytest.approx(1.0 - 0.01 + BOOK_MARGIN)  # the first call took 0.01 s
+    assert later.value.state.booked == {"primary": 0}
     requeue = Requeue(router, clock)
-    assert requeue(only).provider == "primary"
-    assert len(requeue.comebacks) == 1 and len(p.calls) == 2
+    result = requeue(ONLY)
+    assert result.provider == "primary" and len(requeue.comebacks) == 1 and len(p.calls) == 2
+    assert [a.outcome for a in result.attempts] == ["skipped", "ok"]  # the booked slot is not checked again
+
+
+def test_requests_waiting_for_a_limited_provider_come_back_in_the_order_they_asked() -> None:
+    clock = Clock()
+    router, _, _, _ = limited_router(clock, {"primary": LimitPolicy(rpm=60.0, burst=1.0)},
+                                     [answer("primary")], [answer("secondary")])
+    router.run(ONLY)
+    delays = []
+    for _ in range(3):
+        with pytest.raises(ComeBackLater) as later:
+            router.run(ONLY)
+        delays.append(later.value.delay)
+    assert delays == pytest.approx([0.99 + BOOK_MARGIN, 1.99 + BOOK_MARGIN, 2.99 + BOOK_MARGIN])
 
 
 def test_tokens_are_settled_with_the_real_usage_and_the_lease_freed() -> None:

@@ -48,6 +48,8 @@ ADMIT_GRACE = 0.25
 breaker store's clock and ours differ by a few milliseconds, and another call may hold
 the half-open probe for a moment."""
 ADMIT_POLL = 0.02
+BOOK_MARGIN = 0.02
+"""Seconds a come-back for a booked slot waits past the slot: clocks of hosts differ a little."""
 
 
 class RunState(BaseModel):
@@ -59,6 +61,7 @@ class RunState(BaseModel):
     waiting: list[str] = Field(default_factory=list)  # providers the request came back for
     last_error: dict[str, str] = Field(default_factory=dict)
     refusal: str | None = None  # a content-policy refusal, when those fail over
+    booked: dict[str, int] = Field(default_factory=dict)  # provider -> tokens of a slot booked for the come-back
 
 
 class ComeBackLater(FlexitasksError):
@@ -79,6 +82,7 @@ class _Run:
     state: RunState
     back_at: dict[str, float] = field(default_factory=dict)  # provider -> free again (router clock)
     slot: Slot | None = None  # the call in progress, admitted under its provider's limits
+    limited: dict[str, int] = field(default_factory=dict)  # provider held back by limits -> tokens asked
 
     def record(self, provider: str, outcome: Outcome, error: str | None = None, latency: float = 0.0) -> None:
         self.state.attempts.append(Attempt(provider=provider, outcome=outcome, error=error, latency_ms=latency))
@@ -185,6 +189,9 @@ class Router:
         none); over a limit it is skipped and the run may come back when the slot frees."""
         if self.limiter is None or not self.limiter.limited(provider.name):
             return True
+        if provider.name in run.state.booked:  # this come-back's own slot
+            run.slot = self.limiter.booked(provider.name, run.state.booked.pop(provider.name))
+            return True
         tokens = estimate_tokens([m.content for m in request.messages], request.max_tokens or provider.max_tokens)
         got = self.limiter.admit(provider.name, tokens)
         if isinstance(got, Slot):
@@ -194,7 +201,22 @@ class Router:
         run.record(provider.name, "skipped", why)
         run.state.last_error.setdefault(provider.name, f"skipped: {why}")
         run.back_at[provider.name] = self.clock() + got.retry_after
+        run.limited[provider.name] = tokens
         return False
+
+    def _book(self, run: _Run, now: float) -> None:
+        """Nowhere to go now, and the earliest way back is a provider held back by its
+        limits: book its next slot (one store call per come-back), so requests waiting for
+        it are served in the order they asked, each coming back when its own slot is free."""
+        if self.limiter is None or not run.limited:
+            return
+        name = min(run.limited, key=lambda n: run.back_at[n])
+        if run.back_at[name] > min(run.back_at.values()):
+            return
+        booked = self.limiter.book(name, run.limited[name], run.deadline - now - BOOK_MARGIN)
+        if booked is not None:
+            run.back_at[name] = now + booked[0] + BOOK_MARGIN
+            run.state.booked[name] = booked[1]
 
     def _release(self, run: _Run, completion: Completion | None, failure: ProviderFailure | None) -> None:
         """After a call: settle its tokens and free its in-flight lease. A 429 the limiter
@@ -262,6 +284,7 @@ class Router:
         """Come back for the earliest known cool-down if it ends before the deadline; else fail."""
         now = self.clock()
         if run.back_at and now < run.deadline:
+            self._book(run, now)
             wake = min(run.back_at.values())
             if wake < run.deadline:
                 return self._come_back(run, max(wake - now, 0.0), [n for n, t in run.back_at.items() if t <= wake])

@@ -22,9 +22,10 @@ class LimiterError(FlexitasksError):
 
 
 class LimiterBackend(Protocol):
-    def check(self, provider: str, policy: LimitPolicy, tokens: int, lease: str) -> Verdict:
+    def check(self, provider: str, policy: LimitPolicy, tokens: int, lease: str, max_wait: float = 0.0) -> Verdict:
         """One atomic step: admit a call of about ``tokens`` tokens under every active
-        limit (taking an rpm slot, reserving tokens, holding ``lease``), or take nothing."""
+        limit (taking an rpm slot, reserving tokens, holding ``lease``), or book the slot
+        after a wait of at most ``max_wait`` (rpm/tpm only), or take nothing."""
         ...
 
     def finish(self, provider: str, policy: LimitPolicy, lease: str, reserved: int, actual: int | None) -> LimitView:

@@ -7,9 +7,10 @@
 --   check | finish
 --     KEYS[1] hash {rpm_tat, tpm_tat}, KEYS[2] sorted set lease -> expiry
 --     ARGV: op, now ('' = Redis TIME), rpm, burst, tpm, max_in_flight, lease_ttl, lease,
---           check: tokens | finish: reserved, actual
+--           check: tokens, max_wait | finish: reserved, actual
 --     a limit given as '' is off; actual '' = unknown (the reservation stands).
---     Reply: allowed, reserved, rpm_wait, tpm_wait, in_flight_wait ('' = that limit admits),
+--     Reply: allowed (2 = booked: the slot after the wait is taken), reserved,
+--            rpm_wait, tpm_wait, in_flight_wait ('' = that limit admits),
 --            then the provider's state as peek gives it.  (finish: allowed = 1, no waits)
 --   peek
 --     KEYS: hash1, leases1, hash2, leases2, ...; ARGV: op, now. Writes nothing.
@@ -129,6 +130,8 @@ end
 -- check
 local tokens = tonumber(ARGV[9])
 if tokens == nil or tokens < 0 or tokens ~= math.floor(tokens) then return bad('check: tokens malformed') end
+local max_wait = finite(ARGV[10] or '0')
+if max_wait == nil then return bad('check: max_wait malformed') end
 local waits = {'', '', ''}
 local refused = false
 local new_rpm, new_tpm, reserved = rpm_tat, tpm_tat, 0
@@ -142,6 +145,9 @@ if tpm ~= nil then
   ok, new_tpm, wait = admit(tpm_tat, now, tpm, tpm, reserved)
   if not ok then waits[2] = fmt(wait); refused = true end
 end
+local longest = 0
+if waits[1] ~= '' then longest = math.max(longest, tonumber(waits[1])) end
+if waits[2] ~= '' then longest = math.max(longest, tonumber(waits[2])) end
 if cap ~= nil then
   local held = redis.call('ZCARD', lkey)
   if held >= cap then
@@ -149,6 +155,12 @@ if cap ~= nil then
     waits[3] = fmt(tonumber(first[2]) - now)
     refused = true
   end
+end
+-- machine.check: book the slot after the wait (rpm/tpm only; a lease cannot start later)
+if refused and cap == nil and longest <= max_wait then
+  redis.call('HSET', hkey, 'rpm_tat', fmt(new_rpm), 'tpm_tat', fmt(new_tpm))
+  redis.call('EXPIRE', hkey, STATE_TTL)
+  return reply({2, reserved, waits[1], waits[2], waits[3]}, hkey, lkey, new_rpm, new_tpm, now)
 end
 if refused then
   local names = {'rpm', 'tpm', 'in_flight'}

@@ -126,6 +126,26 @@ class Limiter:
             waits["in_flight"] = min(waits["in_flight"], IN_FLIGHT_RECHECK)
         return Refusal(provider, verdict.refused[0], max(waits.values()))
 
+    def book(self, provider: str, tokens: int, max_wait: float) -> tuple[float, int] | None:
+        """Nowhere else to go: take the provider's next free slot if it comes within
+        ``max_wait`` seconds; ``(wait, reserved tokens)``, to be used after the wait through
+        ``booked``. None when it cannot be booked: no rpm/tpm limit, an in-flight limit (a
+        lease cannot start later), or no slot in time. Booked slots keep waiting requests
+        in the order they asked instead of a stampede at every free slot."""
+        policy = self.policies.get(provider)
+        if policy is None or not policy.limited or policy.max_in_flight is not None or max_wait <= 0:
+            return None
+        lease = f"{self._owner}:{next(self._serial)}"
+        _, verdict = self._step(lambda b: b.check(provider, policy, tokens, lease, max_wait))
+        self._views[provider] = (verdict.view, self.clock())
+        if verdict.allowed or verdict.booked:
+            return verdict.retry_after, verdict.reserved
+        return None
+
+    def booked(self, provider: str, reserved: int) -> Slot:
+        """The slot a come-back booked (see ``book``), to hand back to ``finished``."""
+        return Slot(provider, f"{self._owner}:booked", reserved, None, self.backend)
+
     def finished(self, slot: Slot, actual_tokens: int | None) -> None:
         """The call is over: release its lease, settle its tokens (None: unknown, the
         reservation stands). No store call for rpm-only or unlimited providers."""

@@ -3,10 +3,12 @@
 This module owns *what* a check and a finish do to one provider's record at store
 time ``now``: rpm (GCRA, ``burst`` deep), tpm (GCRA over tokens, a minute deep,
 reserved at admission and settled with the real usage after the call) and in-flight
-leases. A check is all or nothing: if any limit refuses, nothing is taken. It reads no
-clock and does no I/O, so the memory backend is a locked wrapper around it and
-``limit.lua`` is tested step for step against it (``tests/test_limits_model.py``).
-Change both together.
+leases. A check is all or nothing: if any limit refuses, nothing is taken, unless the
+caller may wait ``max_wait`` seconds and only rpm/tpm refuse: then it books the next
+free slot (taken now, used after the wait), so requests that have to wait are served in
+the order they asked, not in a stampede. It reads no clock and does no I/O, so the
+memory backend is a locked wrapper around it and ``limit.lua`` is tested step for step
+against it (``tests/test_limits_model.py``). Change both together.
 """
 
 from __future__ import annotations
@@ -66,6 +68,8 @@ class Verdict:
     waits: dict[str, float]
     view: LimitView
 
+    booked: bool = False  # not allowed now, but the slot after ``retry_after`` is this call's
+
     @property
     def refused(self) -> tuple[str, ...]:
         return tuple(name for name in LIMITS if name in self.waits)
@@ -80,8 +84,12 @@ def view_of(record: LimitRecord, now: float) -> LimitView:
     return LimitView(now, record.rpm_tat, record.tpm_tat, leases.live(record.leases, now), dict(record.skips))
 
 
-def check(record: LimitRecord, policy: LimitPolicy, now: float, tokens: int, lease: str) -> Verdict:
-    """Admit one call of about ``tokens`` tokens holding lease ``lease``, or take nothing."""
+def check(
+    record: LimitRecord, policy: LimitPolicy, now: float, tokens: int, lease: str, max_wait: float = 0.0
+) -> Verdict:
+    """Admit one call of about ``tokens`` tokens holding lease ``lease``; or book the slot
+    after a wait of at most ``max_wait`` (rpm/tpm only: a lease cannot start later); or
+    take nothing."""
     leases.prune(record.leases, now)
     waits: dict[str, float] = {}
     rpm_tat, tpm_tat, reserved = record.rpm_tat, record.tpm_tat, 0
@@ -98,15 +106,16 @@ def check(record: LimitRecord, policy: LimitPolicy, now: float, tokens: int, lea
         ok, wait = leases.admit(record.leases, now, policy.max_in_flight)
         if not ok:
             waits["in_flight"] = wait
-    if waits:  # counted where the exporter can see it, under the limit the attempt names
+    booked = bool(waits) and policy.max_in_flight is None and max(waits.values()) <= max_wait
+    if waits and not booked:  # counted where the exporter can see it, under the limit the attempt names
         first = next(name for name in LIMITS if name in waits)
         record.skips[first] = record.skips.get(first, 0) + 1
-    else:
+    if not waits or booked:
         record.rpm_tat, record.tpm_tat = rpm_tat, tpm_tat
         if policy.max_in_flight is not None:
             record.leases[lease] = now + policy.lease_ttl
-    return Verdict(allowed=not waits, reserved=reserved if not waits else 0, waits=waits,
-                   view=view_of(record, now))
+    return Verdict(allowed=not waits, reserved=reserved if not waits or booked else 0, waits=waits,
+                   view=view_of(record, now), booked=booked)
 
 
 def finish(

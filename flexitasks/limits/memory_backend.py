@@ -34,9 +34,9 @@ class MemoryLimiterBackend:
     def _record(self, provider: str) -> machine.LimitRecord:
         return self._records.setdefault(provider, machine.LimitRecord())
 
-    def check(self, provider: str, policy: LimitPolicy, tokens: int, lease: str) -> Verdict:
+    def check(self, provider: str, policy: LimitPolicy, tokens: int, lease: str, max_wait: float = 0.0) -> Verdict:
         with self._lock:
-            return machine.check(self._record(provider), policy, self._now(), tokens, lease)
+            return machine.check(self._record(provider), policy, self._now(), tokens, lease, max_wait)
 
     def finish(self, provider: str, policy: LimitPolicy, lease: str, reserved: int, actual: int | None) -> LimitView:
         with self._lock:

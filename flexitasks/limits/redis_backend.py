@@ -81,12 +81,13 @@ class RedisLimiterBackend:
             raise ValueError(f"clock returned {now!r}")
         return repr(now)
 
-    def check(self, provider: str, policy: LimitPolicy, tokens: int, lease: str) -> Verdict:
-        argv = ["check", self._now(), *_policy_argv(policy), lease, str(int(tokens))]
+    def check(self, provider: str, policy: LimitPolicy, tokens: int, lease: str, max_wait: float = 0.0) -> Verdict:
+        argv = ["check", self._now(), *_policy_argv(policy), lease, str(int(tokens)), repr(float(max_wait))]
         row = self._eval("check", provider, self.keys(provider), argv)
         allowed, reserved, *waits = row[:5]
         return Verdict(
-            allowed=bool(int(allowed)),
+            allowed=int(allowed) == 1,
+            booked=int(allowed) == 2,
             reserved=int(reserved),
             waits={name: float(_text(w)) for name, w in zip(LIMITS, waits, strict=True) if _text(w)},
             view=_view(*row[5:]),
