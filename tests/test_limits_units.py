@@ -21,6 +21,7 @@ from flexitasks.errors import ConfigError
 from flexitasks.limits import LimitPolicy, MemoryLimiterBackend, RedisLimiterBackend, policy_of
 from flexitasks.limits.balance import order
 from flexitasks.limits.limiter import Limiter, Refusal, Slot, estimate_tokens
+from flexitasks.models import ChatRequest
 
 
 class Clock:
@@ -124,6 +125,10 @@ def test_redis_unreachable_limits_this_process_alone() -> None:
 
 def test_estimate_counts_size_framing_and_max_tokens() -> None:
     assert estimate_tokens(["x" * 400, "hi"], 100) == 101 + 8 + 100
+    request = ChatRequest.parse([{"role": "user", "content": [
+        {"type": "text", "text": "y" * 40},
+        {"type": "image_url", "image_url": {"url": "data:image/png;base64," + "A" * 100_000}}]}], {})
+    assert estimate_tokens([m.content for m in request.messages], 10) == 10 + 1000 + 4 + 10
 
 
 class P:

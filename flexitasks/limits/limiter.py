@@ -42,13 +42,26 @@ FALLBACK_SECONDS = 5.0
 """Seconds served from this process's memory after a Redis failure before Redis is tried again."""
 CHARS_PER_TOKEN = 4
 MESSAGE_OVERHEAD = 4  # tokens of role and framing per message
+IMAGE_TOKENS = 1000  # providers count an image by its tiles: 765 for 1024x1024 at OpenAI, ~1600 at Anthropic
 
 
 def estimate_tokens(contents: list[object], max_tokens: int) -> int:
     """Tokens a call may use: its input estimated from its size (~4 characters a token,
-    plus framing per message) plus all the output it allows. Settlement corrects it."""
-    chars = sum(len(c) if isinstance(c, str) else len(json.dumps(c, default=str)) for c in contents)
+    plus framing per message, an image as ``IMAGE_TOKENS``) plus all the output it allows.
+    Settlement with the real usage corrects it."""
+    chars = sum(_chars(c) for c in contents)
     return math.ceil(chars / CHARS_PER_TOKEN) + MESSAGE_OVERHEAD * len(contents) + max_tokens
+
+
+def _chars(content: object) -> int:
+    if content is None:
+        return 0
+    if isinstance(content, str):
+        return len(content)
+    if isinstance(content, list):  # content parts: text counts by size, anything else as an image
+        return sum(len(t) if isinstance(t := getattr(p, "text", None), str) else IMAGE_TOKENS * CHARS_PER_TOKEN
+                   for p in content)
+    return len(json.dumps(content, default=str))
 
 
 @dataclass(frozen=True)
