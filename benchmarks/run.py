@@ -26,6 +26,7 @@ from benchmarks import (
     LOG_FILE,
     REDIS_URL,
     cost,
+    limits,
     outage_probes,
     propagation,
     wasted_calls,
@@ -37,6 +38,7 @@ BENCHMARKS: dict[str, tuple[str, Callable[..., list[Table]]]] = {
     "wasted_calls": ("Wasted calls", wasted_calls.run),
     "outage_probes": ("Probes during an outage", outage_probes.run),
     "cost": ("Redis cost per call", cost.run),
+    "limits": ("Fleet-wide limits", limits.run),
 }
 RESULTS = Path(__file__).resolve().parent / "results.md"
 HEADER = """# flexitasks benchmarks
