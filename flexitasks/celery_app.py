@@ -58,8 +58,20 @@ def settings_from_environment() -> Settings:
 
 
 def celery_config(s: Settings) -> dict[str, object]:
+    """Celery's settings: flexitasks' own, then ``[celery.options]`` (a table merged into ours)."""
+    conf = _own_config(s)
+    for key, value in s.celery.options.items():
+        ours = conf.get(key)
+        conf[key] = {**ours, **value} if isinstance(ours, dict) and isinstance(value, dict) else value
+    return conf
+
+
+def _own_config(s: Settings) -> dict[str, Any]:
     return {
         "broker_url": s.celery.broker_url,
+        # A queue of our own: a worker consumes only it, so another app's tasks on the same
+        # broker are neither eaten nor dropped as unregistered.
+        "task_default_queue": s.celery.queue,
         "result_backend": s.celery.result_backend,
         "task_serializer": "json",
         "result_serializer": "json",

@@ -55,6 +55,12 @@ class CelerySettings(_Section):
     max_task_retries: int = Field(default=3, ge=0)
     retry_backoff: int = Field(default=2, ge=1)  # Celery's factor: whole seconds
     retry_backoff_max: int = Field(default=60, ge=1)
+    queue: str = Field(default="flexitasks", min_length=1)
+    """The queue chat tasks are sent to and the only one workers consume: another Celery app
+    sharing the broker keeps its own tasks (neither eaten nor dropped as unregistered)."""
+    options: dict[str, Any] = Field(default_factory=dict)
+    """``[celery.options]``: further Celery settings, passed through (checked against Celery's
+    own list). A table (``broker_transport_options``) is merged into flexitasks' own."""
     max_redeliveries: int = Field(default=3, ge=0)
     """Deliveries of one message beyond the first (a worker killed mid-task) before it fails with
     ``RedeliveredTooOften``: a message that kills every worker it reaches must not loop for ever."""
@@ -62,8 +68,37 @@ class CelerySettings(_Section):
     """Show prompts and answers in Flower, task events and Celery's logs (off: a summary:
     message count, options, result fields with the content hidden). Results keep them."""
 
+    @field_validator("options")
+    @classmethod
+    def _celery_options(cls, options: dict[str, Any]) -> dict[str, Any]:
+        return _check_celery_options(options)
+
 
 REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
+
+
+PROTECTED_CELERY_OPTIONS = {
+    "broker_url": "celery.broker_url", "result_backend": "celery.result_backend",
+    "task_serializer": "JSON only", "result_serializer": "JSON only", "accept_content": "JSON only",
+    "result_accept_content": "JSON only", "event_serializer": "JSON only",
+    "task_acks_late": "a killed worker must lose no request",
+    "task_reject_on_worker_lost": "a killed worker must lose no request",
+    "task_default_queue": "celery.queue", "worker_prefetch_multiplier": "celery.prefetch_multiplier",
+    "result_expires": "celery.result_expires",
+}
+"""Celery settings flexitasks sets itself: not accepted in ``[celery.options]`` (why, or where to set it)."""
+
+
+def _check_celery_options(options: dict[str, Any]) -> dict[str, Any]:
+    from celery.app.defaults import DEFAULTS  # Celery's own list of its settings
+
+    unknown = sorted(k for k in options if k not in DEFAULTS or not k.islower())
+    if unknown:
+        raise ValueError(f"not Celery settings: {', '.join(unknown)} (Celery's lowercase names only)")
+    protected = [f"{k} ({PROTECTED_CELERY_OPTIONS[k]})" for k in sorted(options) if k in PROTECTED_CELERY_OPTIONS]
+    if protected:
+        raise ValueError(f"set by flexitasks, not here: {'; '.join(protected)}")
+    return options
 
 
 class SyncSettings(_Section):
@@ -112,6 +147,9 @@ class RetrySettings(_Section):
     """First 429 backoff (doubling, jittered): the default 3 attempts are spread over at least 0.75 s."""
     retry_after_wait_max: float = Field(default=5.0, ge=0)
     """A Retry-After up to this long is waited out on the same provider; a longer one fails over at once."""
+    retry_after_max: float | None = Field(default=None, gt=0)
+    """Longest Retry-After honoured; a longer one counts as this long (default: the breaker's
+    ``max_recovery_timeout``): one response saying 86400 must not open a provider fleet-wide for a day."""
     request_timeout: float = Field(default=120.0, gt=0)
     """Total seconds one run of the task may spend on calls, retries and waits; nothing starts after it."""
     content_policy_failover: bool = False
@@ -223,6 +261,9 @@ class Settings(_Section):
             if p.name in seen:
                 raise ValueError(f"duplicate provider name {p.name!r}")
             seen.add(p.name)
+        if self.retry.retry_after_max is None:
+            cap = max(self.breaker.max_recovery_timeout, self.breaker.recovery_timeout)
+            self.retry = self.retry.model_copy(update={"retry_after_max": cap})
         for warning in self.warnings():
             log.warning("%s: %s", self.source, warning)
         return self

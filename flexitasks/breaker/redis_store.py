@@ -12,7 +12,7 @@ Key layout (every key written has a TTL, refreshed on each write):
 
 * ``{key_prefix}:breaker:{provider}`` hash: state, generation, open_until,
   reopen_count, probe_owner ('' = none), probe_until, probe_successes, reason
-  (TTL 1 day);
+  (no TTL: operator states never expire, generations never restart);
 * ``{key_prefix}:window:{provider}`` hash: ``w`` (window length of the buckets),
   ``f:<bucket>``/``c:<bucket>`` failure/call counters, bucket =
   floor(now / (window / 60)) (TTL ceil(window) + 1 s).

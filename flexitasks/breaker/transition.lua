@@ -21,7 +21,6 @@
 --   fields in its order. Floats are strings (a Lua number reply would be truncated to
 --   an integer); '' stands for "none".
 
-local STATE_TTL = 86400
 local BUCKETS = 60
 local EXPONENT_CAP = 1000
 -- The persisted part of the state (the hash), and the reply: BreakerSnapshot's fields.
@@ -97,7 +96,9 @@ local function save_state(key, s)
     'probe_until', fmt(s.probe_until),
     'probe_successes', string.format('%d', s.probe_successes),
     'reason', s.reason)
-  redis.call('EXPIRE', key, STATE_TTL)
+  -- No TTL: an operator's forced_open/disabled stays until reset, and a generation never
+  -- restarts at 0 (processes would ignore the new events as stale). One small hash per provider.
+  redis.call('PERSIST', key)
 end
 
 -- Window hash: 'w' = window length the buckets were counted with, 'f:<i>'/'c:<i>'.

@@ -8,6 +8,7 @@ the sleeping, so these are unit-testable without a clock.
 from __future__ import annotations
 
 import enum
+import math
 import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -55,16 +56,19 @@ def next_provider_on(*kinds: FailureKind) -> Rule:
     return rule
 
 
-def honour_retry_after(max_wait: float) -> Rule:
+def honour_retry_after(max_wait: float, cap: float = math.inf) -> Rule:
     """A provider that says when to come back (429/503 with a positive Retry-After) cools
-    down fleet-wide for that long. A short wait (<= ``max_wait``) is waited out once and
-    the same provider retried: the preferred model is worth a few seconds in a background
-    task. A longer one fails over at once. ``Retry-After: 0`` says nothing: backoff decides."""
+    down fleet-wide for that long, at most ``cap`` (``retry_after_max``: one response must
+    not take a provider out of the fleet for a day). A short wait (<= ``max_wait``) is
+    waited out once and the same provider retried: the preferred model is worth a few
+    seconds in a background task. A longer one fails over at once. ``Retry-After: 0`` says
+    nothing: backoff decides."""
 
     def rule(f: ProviderFailure, retries: int) -> Decision | None:
         ra = f.retry_after
         if ra is None or ra <= 0 or f.kind not in (FailureKind.RATE_LIMITED, FailureKind.UNAVAILABLE):
             return None
+        ra = min(ra, cap)
         if ra <= max_wait and retries == 0:
             return Decision(Action.RETRY_SAME, wait=ra, cool_down=ra, why=f"retry-after {ra:g}s: waiting")
         return Decision(Action.NEXT_PROVIDER, cool_down=ra, why=f"retry-after {ra:g}s: fail over")
@@ -124,7 +128,7 @@ def default_policy(settings: RetrySettings, rng: random.Random | None = None) ->
                 FailureKind.CONTEXT_LENGTH, FailureKind.MISCONFIGURED, FailureKind.BILLING, FailureKind.TIMEOUT
             ),
             next_provider_on(*onward),
-            honour_retry_after(s.retry_after_wait_max),
+            honour_retry_after(s.retry_after_wait_max, s.retry_after_max or math.inf),
             backoff_on(FailureKind.RATE_LIMITED, s.rate_limit_attempts - 1, s.rate_limit_backoff, rng),
             backoff_on(FailureKind.UNAVAILABLE, s.same_provider_retries, s.same_provider_backoff, rng),
             backoff_on(FailureKind.TRUNCATED, s.same_provider_retries, s.same_provider_backoff, rng),
