@@ -48,6 +48,7 @@ __all__ = [
     "bucket_of",
     "interval",
     "snapshot_of",
+    "validate_call",
     "validate_policy",
     "window_counts",
 ]
