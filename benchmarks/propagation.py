@@ -32,6 +32,8 @@ from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from typing import Any
 
+import anthropic  # noqa: F401  (loaded before the workers fork: a fresh process importing
+import openai  # noqa: F401     the SDKs on its first call costs seconds of CPU with 16 at once)
 import redis
 
 from benchmarks import CHANNEL, PRIMARY, REDIS_URL, SECONDARY
