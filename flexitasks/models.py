@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import json
 import re
 from typing import Annotated, Any, Literal
@@ -49,6 +50,16 @@ class _Strict(BaseModel):
 
 def _schema_problem(schema: dict[str, Any]) -> str | None:
     """None if ``schema`` is a valid JSON Schema (2020-12), else what is wrong."""
+    try:
+        return _checked_schema(json.dumps(schema, sort_keys=True))
+    except (TypeError, ValueError):
+        return "not a JSON document"
+
+
+@functools.lru_cache(maxsize=512)
+def _checked_schema(schema_json: str) -> str | None:
+    """Checking a schema against the metaschema costs ~2 ms; producers repeat their schemas."""
+    schema = json.loads(schema_json)
     try:
         Draft202012Validator.check_schema(schema)
     except SchemaError as exc:

@@ -14,10 +14,12 @@ worker slot; such come-backs do not count against ``max_task_retries``.
 
 from __future__ import annotations
 
+import json
 import time
 from typing import Any, cast
 
 from celery import Task
+from celery.utils.log import get_task_logger
 from celery.utils.time import get_exponential_backoff_interval
 
 from flexitasks import delivery
@@ -28,6 +30,7 @@ from flexitasks.errors import AllProvidersFailed
 from flexitasks.models import ChatRequest
 from flexitasks.streaming import sink as _stream_sink  # noqa: F401  (ends a streamed task's stream: signals)
 
+log = get_task_logger(__name__)
 DEADLINE_HEADER = delivery.DEADLINE_HEADER
 COMEBACKS_HEADER = "flexitasks_comebacks"  # how many of request.retries were come-backs
 RESUME_HEADER = "flexitasks_resume"  # the RunState a come-back resumes with
@@ -55,6 +58,8 @@ def chat_task(self: Task, messages: list[dict[str, Any]], **options: Any) -> dic
     flexi = cast(FlexitasksApp, self.app)
     settings = flexi.settings
     request = ChatRequest.parse(messages, options, max_bytes=settings.requests.max_request_bytes)
+    if request.metadata:  # the caller's tracing data: in the log beside the task id
+        log.info("metadata %s", json.dumps(request.metadata, sort_keys=True))
     headers = self.request.headers or {}
     arrival = delivery.arrive(settings, self.request.id, self.request.retries, headers, eager=self.request.is_eager)
     if arrival.answer is not None:  # a redelivery of a message already answered: nobody is called again

@@ -5,11 +5,14 @@ from __future__ import annotations
 
 import json
 import os
+import uuid
 from collections.abc import Iterator
 
 import pytest
+from conftest import WORKDIR
 
 from flexitasks import InvalidRequest, chat_task
+from flexitasks.harness import wait_until
 
 pytestmark = pytest.mark.usefixtures("worker")
 
@@ -30,8 +33,14 @@ TIMEOUT = 30
 
 @WIRE
 def test_a_json_schema_answer_is_parsed(clean, provider):
-    result = chat_task.delay(ASK, response_format=VERDICT, providers=[provider]).get(timeout=TIMEOUT)
+    trace = {"trace_id": f"t-{provider}-{uuid.uuid4().hex[:8]}"}
+    sent = chat_task.delay(ASK, response_format=VERDICT, providers=[provider], metadata=trace)
+    result = sent.get(timeout=TIMEOUT)
     assert result["parsed"]["label"] == "spam" and result["parsed"]["score"] >= 0
+    log = WORKDIR / "worker-w1.log"  # the caller's tracing data is logged beside the task id
+    line = f'metadata {{"trace_id": "{trace["trace_id"]}"}}'
+    wait_until(lambda: any(sent.id in ln and line in ln for ln in log.read_text().splitlines()), 10,
+               what="the metadata line in the worker log")
     assert json.loads(result["content"]) == result["parsed"] and result["tool_calls"] == []
 
 
