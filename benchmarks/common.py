@@ -324,9 +324,9 @@ class LabelledGate:
         self.provider = provider
         self.last = ""
 
-    def admit(self, provider: str) -> Any:
+    def admit(self, provider: str, may_probe: bool = True) -> Any:
         before = self.mirror.get(provider).snapshot.state.value
-        permit = self.inner.admit(provider)
+        permit = self.inner.admit(provider, may_probe=may_probe)
         if provider == self.provider and permit is not None:
             self.last = "probe" if permit.probe else before
         return permit

@@ -49,7 +49,13 @@ class ProviderFailure(Exception):
     """A provider call failed; ``kind`` says what that means for routing."""
 
     def __init__(
-        self, kind: FailureKind, message: str, *, status: int | None = None, retry_after: float | None = None
+        self,
+        kind: FailureKind,
+        message: str,
+        *,
+        status: int | None = None,
+        retry_after: float | None = None,
+        ours: bool = False,
     ) -> None:
         message = redact(message)  # providers echo keys in error text; none goes further than here
         super().__init__(message)
@@ -57,6 +63,14 @@ class ProviderFailure(Exception):
         self.message = message
         self.status = status
         self.retry_after = retry_after
+        self.ours = ours
+        """The call was cut by a limit of ours while the provider was answering steadily (the
+        request's own deadline, or ``timeout`` with tokens still flowing): says nothing about
+        the provider's health, so it never counts against the breaker nor fails a probe."""
+
+    @property
+    def blames_provider(self) -> bool:
+        return self.kind.blames_provider and not self.ours
 
     def __str__(self) -> str:
         status = f" {self.status}" if self.status else ""

@@ -143,7 +143,7 @@ class Gate:
     def __init__(self) -> None:
         self.failed_kinds: list[FailureKind] = []
 
-    def admit(self, provider: str) -> Permit | None:
+    def admit(self, provider: str, may_probe: bool = True) -> Permit | None:
         return Permit(provider)
 
     def succeeded(self, permit: Permit) -> None:

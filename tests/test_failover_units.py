@@ -226,7 +226,7 @@ class Gate:
             return None
         return max(self.until.get(provider, 0.0) - self.clock(), 0.0) or None
 
-    def admit(self, provider: str) -> Permit | None:
+    def admit(self, provider: str, may_probe: bool = True) -> Permit | None:
         return None if self.clock() < self.until.get(provider, 0.0) else Permit(provider)
 
     def succeeded(self, permit: Permit) -> None:

@@ -92,7 +92,7 @@ class FleetGate:
         return result
 
     # -- BreakerGate ----------------------------------------------------------------------------
-    def admit(self, provider: str) -> Permit | None:
+    def admit(self, provider: str, may_probe: bool = True) -> Permit | None:
         if self.degraded:
             return self._admit_by_store(provider)
         view = self.mirror.get(provider).snapshot
@@ -107,6 +107,8 @@ class FleetGate:
             return None
         probing = view.probe_owner is not None and now < view.probe_until  # by some call, maybe ours
         if view.state is BreakerState.HALF_OPEN and probing:
+            return None
+        if not may_probe:  # this call would be the probe, with too little time for a first token
             return None
         return self._admit_by_store(provider)
 
@@ -138,10 +140,12 @@ class FleetGate:
         name = permit.provider
         policy = self.policies[name]
         if permit.probe and permit.owner is not None:
-            ok = not failure.kind.blames_provider  # it answered: alive, if unhappy with us
+            if failure.ours:  # cut by our own limit: no verdict; the token expires, then someone probes
+                return
+            ok = not failure.blames_provider  # it answered: alive, if unhappy with us
             owner = permit.owner
             self._call(lambda s: s.probe_result(name, policy, owner, ok))
-        elif failure.kind.blames_provider:
+        elif failure.blames_provider:
             successes = self._take_pending(name)  # the rate must see them before this failure
             self._call(lambda s: s.record_failure(name, policy, successes))
 

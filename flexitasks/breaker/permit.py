@@ -26,7 +26,12 @@ class Permit:
 class BreakerGate(Protocol):
     """What the router needs from circuit breakers (see ``flexitasks.breaker.gate``)."""
 
-    def admit(self, provider: str) -> Permit | None: ...
+    def admit(self, provider: str, may_probe: bool = True) -> Permit | None:
+        """Leave to call ``provider``, or None. ``may_probe=False``: the caller has too little
+        time left to be the half-open probe (less than a first token may take): never make
+        it the probe, whose verdict would then be our deadline's, not the provider's."""
+        ...
+
     def succeeded(self, permit: Permit) -> None: ...
     def failed(self, permit: Permit, failure: ProviderFailure) -> None: ...
     def cool_down(self, provider: str, seconds: float) -> None: ...
@@ -40,7 +45,7 @@ class BreakerGate(Protocol):
 class OpenGate:
     """No breakers: every provider is always admitted."""
 
-    def admit(self, provider: str) -> Permit | None:
+    def admit(self, provider: str, may_probe: bool = True) -> Permit | None:
         return Permit(provider)
 
     def succeeded(self, permit: Permit) -> None:

@@ -24,6 +24,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from celery.exceptions import SoftTimeLimitExceeded
 from pydantic import BaseModel, Field
 
 from flexitasks import capabilities
@@ -102,6 +103,7 @@ class Router:
         rng: random.Random | None = None,
     ) -> None:
         self.providers = sorted(providers, key=lambda p: p.priority)
+        self._first_token_timeout = {p.name: p.first_token_timeout for p in providers}
         self.adapters = adapters
         self.gate = gate
         self.policy = policy
@@ -166,11 +168,12 @@ class Router:
         ``ADMIT_GRACE`` of polling. A refusal is recorded as a skipped attempt, with the
         reopen time if known."""
         provider = settings.name
-        permit = self.gate.admit(provider)
+        first_token = self._first_token_timeout.get(provider, 0.0)
+        permit = self.gate.admit(provider, may_probe=run.deadline - self.clock() >= first_token)
         until = min(self.clock() + ADMIT_GRACE, run.deadline)
         while permit is None and patient and self.clock() + ADMIT_POLL < until:
             self.sleep(ADMIT_POLL)
-            permit = self.gate.admit(provider)
+            permit = self.gate.admit(provider, may_probe=run.deadline - self.clock() >= first_token)
         if permit is not None:
             return permit if self._within_limits(settings, request, run) else None
         left = self.gate.reopens_in(provider)
@@ -237,6 +240,10 @@ class Router:
         try:
             completion = self.adapters[provider].complete(request, max(run.deadline - t0, 0.001))
             answer = read_answer(request, completion)
+        except SoftTimeLimitExceeded:  # Celery is ending the task: not the provider's fault, nothing to report
+            self._release(run, completion, None)
+            run.record(provider, "error", "cut by the task's soft time limit", round((self.clock() - t0) * 1000, 3))
+            raise
         except Exception as exc:
             failure = classify(exc)
             latency = round((self.clock() - t0) * 1000, 3)

@@ -105,7 +105,10 @@ class StreamWatch:
         s = self._settings
         if now >= self._deadline - _MIN_WAIT:
             what = "request deadline" if self._budget_bound else f"provider timeout ({s.timeout:g}s)"
-            return ProviderFailure(FailureKind.TIMEOUT, f"answer not complete within the {what}")
+            # Past the total deadline before any phase's own: tokens were still flowing (or the
+            # request's budget was shorter than the provider could need): our limit, not its fault.
+            steady = self._budget_bound or (self.got_token and now < self._last + s.stall_timeout)
+            return ProviderFailure(FailureKind.TIMEOUT, f"answer not complete within the {what}", ours=steady)
         if self.done:
             return None  # only the end-of-stream marker is missing: the answer stands
         if not self.got_token:
