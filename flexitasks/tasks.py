@@ -28,7 +28,7 @@ from flexitasks.config import CelerySettings
 from flexitasks.disclosure import ChatTask
 from flexitasks.errors import AllProvidersFailed
 from flexitasks.models import ChatRequest
-from flexitasks.streaming import sink as _stream_sink  # noqa: F401  (ends a streamed task's stream: signals)
+from flexitasks.streaming.sink import open_sink
 
 log = get_task_logger(__name__)
 DEADLINE_HEADER = delivery.DEADLINE_HEADER
@@ -68,7 +68,8 @@ def chat_task(self: Task, messages: list[dict[str, Any]], **options: Any) -> dic
     comebacks = int(headers.get(COMEBACKS_HEADER) or 0)
     resume = resume_state(headers.get(RESUME_HEADER))
     try:
-        result = flexi.runtime.get().router.run(request, timeout=deadline - time.time(), resume=resume).model_dump()
+        router = flexi.runtime.get().router
+        result = router.run(request, timeout=deadline - time.time(), resume=resume, stream=open_sink(self)).model_dump()
         arrival.answered(result)
         return result
     except ComeBackLater as later:

@@ -23,6 +23,53 @@ def test_a_streamed_answer_ends_with_the_tasks_result(clean):
     assert all(e["type"] != "done" for e in events[:-1])
 
 
+def test_deltas_arrive_while_the_provider_is_still_sending(clean):
+    """The fake pauses 0.6 s after its third chunk: the first deltas are read during that
+    pause, before the task has a result, and the deltas add up to the answer."""
+    clean["primary"].admin.set_fault(stall_after_chunks=3, stall_seconds=0.6)
+    stream = stream_chat(MESSAGES, timeout=30)
+    seen, ready_at_first_delta, arrivals = [], None, []
+    for event in stream:
+        seen.append(event)
+        if event["type"] == "delta":
+            arrivals.append(time.monotonic())
+            if ready_at_first_delta is None:
+                ready_at_first_delta = stream.result.ready()
+    deltas = "".join(e["text"] for e in seen if e["type"] == "delta")
+    result = seen[-1]["result"]
+    assert ready_at_first_delta is False
+    assert deltas == result["content"] and deltas.startswith("primary: Tell me")
+    assert [e["type"] for e in seen].count("restart") == 0
+    assert len(arrivals) >= 2  # the text came in pieces, not with the result
+    print(f"\nfirst delta {1000 * (arrivals[-1] - arrivals[0]):.0f} ms before the last (fake pause 600 ms)")
+
+
+def test_a_stream_cut_mid_answer_restarts_on_the_next_provider(clean):
+    clean["primary"].admin.set_fault(mode="truncate")
+    events = list(stream_chat(MESSAGES, timeout=30))
+    kinds = [e["type"] for e in events]
+    assert "restart" in kinds
+    restarts = [e for e in events if e["type"] == "restart"]
+    assert all(r["provider"] == "primary" and "truncated" in r["reason"] for r in restarts)
+    first_restart = kinds.index("restart")
+    assert any(e["type"] == "delta" for e in events[:first_restart])  # text was sent, then voided
+    after = events[len(kinds) - 1 - kinds[::-1].index("restart") + 1 :]
+    result = events[-1]["result"]
+    assert result["provider"] == "secondary"
+    assert "".join(e["text"] for e in after if e["type"] == "delta") == result["content"]
+    assert result["content"].startswith("secondary: Tell me")
+
+
+def test_a_task_nobody_streams_writes_no_stream(clean, redis_client):
+    from conftest import KEY_PREFIX
+
+    from flexitasks import chat_task
+
+    result = chat_task.delay(MESSAGES)
+    result.get(timeout=30)
+    assert redis_client.exists(f"{KEY_PREFIX}:stream:{result.id}") == 0
+
+
 def test_a_streamed_invalid_request_raises_what_get_raises(clean):
     with pytest.raises(InvalidRequest, match="temperature"):
         list(stream_chat(MESSAGES, temperature=9, timeout=30))

@@ -39,7 +39,7 @@ def follow(task_id: str, key: str, timeout: float = 20.0):
 def test_replay_voids_an_attempt_that_ended_without_a_restart():
     replay = Replay()
     shown = replay.feed([
-        {"type": "attempt", "provider": "a"}, {"type": "delta", "text": "Hel"},
+        {"type": "attempt", "provider": "a", "t": 1.0}, {"type": "delta", "text": "Hel"},
         {"type": "attempt", "provider": "b"}, {"type": "delta", "text": "Hello"},
         {"type": "done", "result": {"content": "Hello"}},
     ])

@@ -22,7 +22,7 @@ import random
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from celery.exceptions import SoftTimeLimitExceeded
 from pydantic import BaseModel, Field
@@ -51,6 +51,14 @@ the half-open probe for a moment."""
 ADMIT_POLL = 0.02
 BOOK_MARGIN = 0.02
 """Seconds a come-back for a booked slot waits past the slot: clocks of hosts differ a little."""
+
+
+class AttemptStream(Protocol):
+    """Where a streamed request's text goes (``streaming/sink.py``): a callback for each
+    provider call, and word that a call failed (any text it sent is void)."""
+
+    def attempt(self, provider: str) -> Callable[[str], None]: ...
+    def failed(self, provider: str, reason: str) -> None: ...
 
 
 class RunState(BaseModel):
@@ -84,6 +92,7 @@ class _Run:
     back_at: dict[str, float] = field(default_factory=dict)  # provider -> free again (router clock)
     slot: Slot | None = None  # the call in progress, admitted under its provider's limits
     limited: dict[str, int] = field(default_factory=dict)  # provider held back by limits -> tokens asked
+    stream: AttemptStream | None = None  # the caller asked for the answer as it is produced
 
     def record(self, provider: str, outcome: Outcome, error: str | None = None, latency: float = 0.0) -> None:
         self.state.attempts.append(Attempt(provider=provider, outcome=outcome, error=error, latency_ms=latency))
@@ -122,13 +131,21 @@ class Router:
             raise InvalidRequest(f"invalid chat request: providers: unknown provider(s) {', '.join(unknown)}")
         return [p for p in self.providers if p.name in request.providers]
 
-    def run(self, request: ChatRequest, timeout: float | None = None, resume: RunState | None = None) -> ChatResult:
+    def run(
+        self,
+        request: ChatRequest,
+        timeout: float | None = None,
+        resume: RunState | None = None,
+        stream: AttemptStream | None = None,
+    ) -> ChatResult:
         """Serve one request, or raise ``ComeBackLater`` / a ``FlexitasksError`` carrying
         ``.attempts``. ``timeout``: what is left of the request's own deadline, if shorter
-        than ``request_timeout``; ``resume``: the state a ``ComeBackLater`` carried."""
+        than ``request_timeout``; ``resume``: the state a ``ComeBackLater`` carried;
+        ``stream``: gets each call's text as it arrives, and each failed call."""
         start = self.clock()
         limit = self.request_timeout if timeout is None else max(min(timeout, self.request_timeout), 0.0)
-        run = _Run(deadline=start + limit, state=resume.model_copy(deep=True) if resume else RunState())
+        state = resume.model_copy(deep=True) if resume else RunState()
+        run = _Run(deadline=start + limit, state=state, stream=stream)
         providers, unfit = capabilities.split(self.eligible(request), request)
         if not providers and unfit:
             raise InvalidRequest(capabilities.none_left(request, unfit))
@@ -235,10 +252,13 @@ class Router:
     def _call(self, provider: str, permit: Permit, request: ChatRequest, run: _Run) -> Answer:
         """One adapter call within the run's deadline, its answer checked (``output.py``);
         reports the outcome to the gate."""
-        t0 = self.clock()
+        adapter, t0 = self.adapters[provider], self.clock()
         completion: Completion | None = None
         try:
-            completion = self.adapters[provider].complete(request, max(run.deadline - t0, 0.001))
+            if run.stream is None:
+                completion = adapter.complete(request, max(run.deadline - t0, 0.001))
+            else:
+                completion = adapter.complete(request, max(run.deadline - t0, 0.001), run.stream.attempt(provider))
             answer = read_answer(request, completion)
         except SoftTimeLimitExceeded:  # Celery is ending the task: not the provider's fault, nothing to report
             self._release(run, completion, None)
@@ -251,6 +271,8 @@ class Router:
             run.record(provider, "error", str(failure), latency)
             run.state.last_error[provider] = str(failure)
             self.gate.failed(permit, failure)
+            if run.stream is not None:
+                run.stream.failed(provider, str(failure))
             raise failure from None
         self._release(run, completion, None)
         self.gate.succeeded(permit)

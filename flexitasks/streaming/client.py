@@ -61,7 +61,9 @@ class ChatStream:
     def __init__(self, result: AsyncResult, client: redis.Redis, key: str, timeout: float | None) -> None:
         self.result = result
         self.task_id: str = result.id
-        self._events = _follow(result, client, key, None if timeout is None else time.monotonic() + timeout)
+        self.replay = Replay()  # what has been shown so far (and when the worker got the text)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        self._events = _follow(result, client, key, deadline, self.replay)
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         return self._events
@@ -89,8 +91,10 @@ def _left(deadline: float | None) -> float | None:
     return left
 
 
-def _follow(result: AsyncResult, client: redis.Redis, key: str, deadline: float | None) -> Iterator[dict[str, Any]]:
-    replay, last = Replay(), "0-0"
+def _follow(
+    result: AsyncResult, client: redis.Redis, key: str, deadline: float | None, replay: Replay | None = None
+) -> Iterator[dict[str, Any]]:
+    replay, last = replay or Replay(), "0-0"
     while True:
         left = _left(deadline)
         block = POLL if left is None else min(POLL, left)

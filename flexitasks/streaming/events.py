@@ -7,7 +7,8 @@ worker's writer (``writer.py``) and the readers (``client.py``, ``aio.py``) do t
 
 Entries a worker writes (one JSON object in field ``e`` of each stream entry):
 
-- ``{"type": "attempt", "provider"}`` before the first text of a provider attempt;
+- ``{"type": "attempt", "provider", "t"}`` before the first text of a provider attempt
+  (``t``: wall-clock time the worker received that text, for latency measurements);
 - ``{"type": "delta", "text"}``: answer text (consecutive pieces may be merged);
 - ``{"type": "restart", "provider", "reason"}``: that attempt failed after sending text;
 - ``{"type": "tool_call", "tool_call": {"id", "name", "arguments"}}``: once complete;
@@ -66,6 +67,7 @@ class Replay:
     """
 
     provider: str | None = None
+    text_received_at: float | None = None  # when the worker got the current attempt's first text
     unconfirmed_text: bool = False  # text shown since the last restart
     finished: bool = False
     failed: bool = False
@@ -86,6 +88,7 @@ class Replay:
             if self.unconfirmed_text:
                 shown.append({"type": "restart", "provider": self.provider, "reason": "task restarted"})
             self.provider, self.unconfirmed_text = event.get("provider"), False
+            self.text_received_at = event.get("t")
             return shown
         if kind == "delta":
             self.unconfirmed_text = self.unconfirmed_text or bool(event.get("text"))

@@ -14,6 +14,7 @@ retries writes no end: the next run continues the same stream.
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -70,7 +71,7 @@ class _Attempt:
             return
         if not self.sent:
             self.sent = True
-            self.sink.put({"type": "attempt", "provider": self.provider})
+            self.sink.put({"type": "attempt", "provider": self.provider, "t": time.time()})
         self.sink.put({"type": "delta", "text": text})
 
 
