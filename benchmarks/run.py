@@ -29,6 +29,7 @@ from benchmarks import (
     limits,
     outage_probes,
     propagation,
+    streaming,
     wasted_calls,
 )
 from benchmarks.common import LOG_FORMAT, Fakes, Table, delete_prefix, log, redis_client
@@ -39,6 +40,7 @@ BENCHMARKS: dict[str, tuple[str, Callable[..., list[Table]]]] = {
     "outage_probes": ("Probes during an outage", outage_probes.run),
     "cost": ("Redis cost per call", cost.run),
     "limits": ("Fleet-wide limits", limits.run),
+    "streaming": ("Streaming to the caller and asyncio producers", streaming.run),
 }
 RESULTS = Path(__file__).resolve().parent / "results.md"
 HEADER = """# flexitasks benchmarks

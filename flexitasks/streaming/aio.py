@@ -36,6 +36,12 @@ from flexitasks.streaming.events import STREAM_HEADER, Replay, decode, stream_ke
 
 log = logging.getLogger(__name__)
 
+STREAM_CONNECTIONS = 256
+"""Streams one event loop reads at once (each XREAD BLOCK holds a connection for up to
+``POLL``); more ``astream_chat`` calls wait for a free connection."""
+RESULT_CONNECTIONS = 16
+"""Connections for the GETs of ``achat`` (short commands; the waiting is on one pub/sub)."""
+
 _send_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="flexitasks-send")
 
 
@@ -165,9 +171,12 @@ def _clients() -> _LoopClients:
         if not backend_url.startswith(("redis://", "rediss://", "unix://")):
             raise ConfigError(f"achat/astream_chat need a Redis result backend, not {backend_url.split(':')[0]!r}")
         sync = app.settings.sync
-        streams = aioredis.Redis.from_url(sync.redis_url, socket_timeout=POLL + sync.socket_timeout,
-                                          socket_connect_timeout=sync.socket_timeout)
-        results = aioredis.Redis.from_url(backend_url, socket_connect_timeout=sync.socket_timeout)
+        # Pools that make callers wait for a connection instead of failing when they are all busy.
+        streams = aioredis.Redis(connection_pool=aioredis.BlockingConnectionPool.from_url(
+            sync.redis_url, max_connections=STREAM_CONNECTIONS, timeout=None,
+            socket_timeout=POLL + sync.socket_timeout, socket_connect_timeout=sync.socket_timeout))
+        results = aioredis.Redis(connection_pool=aioredis.BlockingConnectionPool.from_url(
+            backend_url, max_connections=RESULT_CONNECTIONS, timeout=None, socket_connect_timeout=sync.socket_timeout))
         held = _per_loop[loop] = _LoopClients(streams, sync.key_prefix, ResultWaiter(results, app.backend))
     return held
 
