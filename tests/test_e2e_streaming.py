@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from flexitasks import InvalidRequest, achat, stream_chat
+from flexitasks import InvalidRequest, achat, astream_chat, stream_chat
 
 pytestmark = pytest.mark.usefixtures("worker")
 
@@ -85,6 +85,21 @@ def test_achat_returns_the_result_and_raises_the_tasks_errors(clean):
     result = asyncio.run(scenario())
     assert result["provider"] == "primary"
     assert result["content"].startswith("primary: Tell me about streams")
+
+
+def test_astream_chat_yields_the_same_events_in_an_event_loop(clean):
+    clean["primary"].admin.set_fault(mode="truncate", count=1)  # once: the same provider's retry answers
+
+    async def scenario():
+        return [event async for event in astream_chat(MESSAGES, timeout=30)]
+
+    events = asyncio.run(scenario())
+    kinds = [e["type"] for e in events]
+    assert kinds.count("restart") == 1 and kinds[-1] == "done"
+    result = events[-1]["result"]
+    after = events[kinds.index("restart") + 1 :]
+    assert result["provider"] == "primary"
+    assert "".join(e["text"] for e in after if e["type"] == "delta") == result["content"]
 
 
 def test_a_thousand_concurrent_achats_in_one_loop(clean):
