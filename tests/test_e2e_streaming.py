@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 
 import pytest
@@ -14,8 +15,13 @@ pytestmark = pytest.mark.usefixtures("worker")
 MESSAGES = [{"role": "user", "content": "Tell me about streams in Redis please"}]
 
 
-def test_a_streamed_answer_ends_with_the_tasks_result(clean):
-    events = list(stream_chat(MESSAGES, timeout=30))
+def test_a_streamed_answer_ends_with_the_tasks_result(clean, redis_client):
+    from conftest import KEY_PREFIX
+
+    stream = stream_chat(MESSAGES, timeout=30)
+    events = list(stream)
+    written = [json.loads(fields[b"e"]) for _, fields in redis_client.xrange(f"{KEY_PREFIX}:stream:{stream.task_id}")]
+    assert written[-1] == {"type": "done", "result": events[-1]["result"]}  # from the worker, not the fallback
     done = events[-1]
     assert done["type"] == "done"
     assert done["result"]["provider"] == "primary"

@@ -44,8 +44,17 @@ def stream_key(key_prefix: str, task_id: str) -> str:
     return f"{key_prefix}:stream:{task_id}"
 
 
+def _jsonable(value: Any) -> Any:
+    """What kombu's JSON encoder would store for it (``__json__``), or a pydantic model's dump."""
+    if hasattr(value, "__json__"):
+        return value.__json__()
+    if hasattr(value, "model_dump"):
+        return value.model_dump(mode="json")
+    raise TypeError(f"Object of type {type(value).__name__} is not JSON serializable")
+
+
 def encode(event: dict[str, Any]) -> dict[str, str]:
-    return {FIELD: json.dumps(event, separators=(",", ":"))}
+    return {FIELD: json.dumps(event, separators=(",", ":"), default=_jsonable)}
 
 
 def decode(fields: dict[Any, Any]) -> dict[str, Any]:

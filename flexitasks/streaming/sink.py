@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -124,8 +124,8 @@ def open_sink(task: Task) -> DeltaSink | None:
 @task_success.connect
 def _on_success(sender: Task | None = None, result: Any = None, **_: Any) -> None:
     sink = open_sink(sender) if sender is not None else None
-    if sink is not None:
-        sink.finished(result if isinstance(result, dict) else {"value": result})
+    if sink is not None:  # a Mapping (``disclosure.ChatAnswer`` hides its repr, not its items)
+        sink.finished(dict(result) if isinstance(result, Mapping) else {"value": result})
 
 
 @task_failure.connect
