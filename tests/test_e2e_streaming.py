@@ -66,6 +66,17 @@ def test_a_stream_cut_mid_answer_restarts_on_the_next_provider(clean):
     assert result["content"].startswith("secondary: Tell me")
 
 
+def test_a_streamed_tool_call_arrives_as_one_event_with_complete_arguments(clean):
+    weather = {"type": "function", "function": {"name": "get_weather", "parameters": {
+        "type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}}
+    events = list(stream_chat([{"role": "user", "content": "Weather in Oslo?"}], tools=[weather], timeout=30))
+    calls = [e["tool_call"] for e in events if e["type"] == "tool_call"]
+    result = events[-1]["result"]
+    assert len(calls) == 1 and calls == result["tool_calls"]
+    assert calls[0]["name"] == "get_weather" and isinstance(calls[0]["arguments"]["city"], str)
+    assert [e["type"] for e in events][-2:] == ["tool_call", "done"]
+
+
 def test_a_task_nobody_streams_writes_no_stream(clean, redis_client):
     from conftest import KEY_PREFIX
 
