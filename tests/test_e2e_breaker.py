@@ -423,15 +423,18 @@ def own_redis() -> Iterator[tuple[int, list[subprocess.Popen[bytes]]]]:
                 p.wait()
 
 
-def test_sync_resumes_after_a_redis_restart_and_nothing_stays_stale(clean, own_redis):
+@pytest.mark.parametrize("kind", ["prefork", "threads"])
+def test_sync_resumes_after_a_redis_restart_and_nothing_stays_stale(clean, own_redis, kind):
     port, redis_procs = own_redis
     queue, node = "redis-restart", f"rr@{HOST}"
+    roles = {"worker-main", "worker-child"} if kind == "prefork" else {"worker-main"}
+    processes = 3 if kind == "prefork" else 1  # --concurrency 2: two children and the main process
     client = redis.Redis(host="127.0.0.1", port=port, socket_timeout=1, socket_connect_timeout=1)
     store = own_store(client)
     saved = os.environ.get("FLEXITASKS_REDIS_URL")
     os.environ["FLEXITASKS_REDIS_URL"] = f"redis://127.0.0.1:{port}/0"
     try:
-        proc = start_worker("-Q", queue, name="rr", concurrency=2)
+        proc = start_worker("-Q", queue, name="rr", concurrency=2, pool=kind)
     finally:
         if saved is None:
             os.environ.pop("FLEXITASKS_REDIS_URL")
@@ -443,7 +446,7 @@ def test_sync_resumes_after_a_redis_restart_and_nothing_stays_stale(clean, own_r
         for state in (BreakerState.FORCED_OPEN, BreakerState.CLOSED, BreakerState.FORCED_OPEN):
             generation = force(store, "primary", state)
         assert generation == 3
-        wait_until(_agree_in(client, node, {"primary": ("forced_open", 3)}, 3), 10, what="views in our Redis")
+        wait_until(_agree_in(client, node, {"primary": ("forced_open", 3)}, processes), 10, what="views in our Redis")
         # the main Redis saw none of it: the worker's sync really lives in ours
         assert not node_views(fleet_status(), node)
 
@@ -457,10 +460,10 @@ def test_sync_resumes_after_a_redis_restart_and_nothing_stays_stale(clean, own_r
         generation = force(store, "primary", BreakerState.DISABLED)
         assert generation == 1  # lower than what the views held before the restart
         views = wait_until(
-            _agree_in(client, node, {"primary": ("disabled", 1), "secondary": ("closed", 0)}, 3),
+            _agree_in(client, node, {"primary": ("disabled", 1), "secondary": ("closed", 0)}, processes),
             10, what="every process to apply the new Redis's state",
         )
-        assert {v["role"] for v in views} == {"worker-main", "worker-child"}
+        assert {v["role"] for v in views} == roles
         assert all(outcomes(a) == [("primary", "ok")] for a in send(2, queue=queue))
         assert proc.poll() is None
     finally:
@@ -468,12 +471,12 @@ def test_sync_resumes_after_a_redis_restart_and_nothing_stays_stale(clean, own_r
 
 
 # -- 6. malformed events are counted, never applied, never fatal -----------------------------------
-def test_malformed_events_are_ignored_and_counted(clean, worker, redis_client):
+def test_malformed_events_are_ignored_and_counted(clean, worker, redis_client, pool):
     def snapshot_views() -> dict[int, dict[str, Any]]:
-        return {v["pid"]: v for v in node_views(fleet_status(), MAIN_NODE)}
+        return {v["pid"]: v for v in node_views(fleet_status(), pool.node)}
 
-    before = wait_until(fleet_agrees("closed"), 10, what="a settled fleet")
-    before_views = {v["pid"]: v for v in node_views(before, MAIN_NODE)}
+    before = wait_until(agrees("closed", pool), 10, what="a settled fleet")
+    before_views = {v["pid"]: v for v in node_views(before, pool.node)}
     generation = before["providers"]["primary"]["generation"]
     bad = [
         b"\xff\xfe\x00garbage",
@@ -511,6 +514,6 @@ def test_malformed_events_are_ignored_and_counted(clean, worker, redis_client):
 
     # still applying valid transitions afterwards
     new_generation = force(own_store(redis_client), "primary", BreakerState.FORCED_OPEN)
-    status = wait_until(fleet_agrees("forced_open"), 10, what="a valid event")
+    status = wait_until(agrees("forced_open", pool), 10, what="a valid event")
     assert status["providers"]["primary"]["generation"] == new_generation
-    assert all(outcomes(a) == [("primary", "skipped"), ("secondary", "ok")] for a in send(2))
+    assert all(outcomes(a) == [("primary", "skipped"), ("secondary", "ok")] for a in send(2, queue=pool.queue))
