@@ -1,4 +1,4 @@
-"""JSON answers and images through a real worker, in both wire formats (primary
+"""Tools, JSON answers and images through a real worker, in both wire formats (primary
 speaks OpenAI's, secondary Anthropic's), and a provider skipped for a capability."""
 
 from __future__ import annotations
@@ -29,6 +29,26 @@ IMAGE = [{"role": "user", "content": [
     {"type": "image_url", "image_url": {"url": f"data:image/png;base64,{PNG}"}},
     {"type": "image_url", "image_url": {"url": "https://example.com/cat.jpg"}}]}]
 TIMEOUT = 30
+
+
+@WIRE
+def test_a_tool_call_and_the_answer_after_its_result(clean, provider):
+    first = chat_task.delay(ASK, tools=[WEATHER], providers=[provider]).get(timeout=TIMEOUT)
+    assert first["provider"] == provider
+    assert first["finish_reason"] == {"primary": "tool_calls", "secondary": "tool_use"}[provider]
+    [call] = first["tool_calls"]
+    assert (call["name"], call["arguments"]) == ("get_weather", {"city": "weather in Oslo"})
+    history = [*ASK,
+               {"role": "assistant", "tool_calls": [{"id": call["id"], "type": "function", "function": {
+                   "name": call["name"], "arguments": json.dumps(call["arguments"])}}]},
+               {"role": "tool", "tool_call_id": call["id"], "content": "12 C and rain"}]
+    second = chat_task.delay(history, tools=[WEATHER], providers=[provider]).get(timeout=TIMEOUT)
+    assert second["tool_calls"] == [] and second["content"].startswith(f"{provider}: ")
+
+
+def test_a_json_object_answer_through_anthropics_answer_tool(clean):
+    result = chat_task.delay(ASK, response_format={"type": "json_object"}, providers=["secondary"]).get(timeout=TIMEOUT)
+    assert result["parsed"] == {} and result["tool_calls"] == [] and result["finish_reason"] == "end_turn"
 
 
 @WIRE
