@@ -103,11 +103,27 @@ def _check_celery_options(options: dict[str, Any]) -> dict[str, Any]:
 
 class SyncSettings(_Section):
     redis_url: str = DEFAULT_REDIS
-    channel: str = Field(default="flexitasks:events", min_length=1)
+    channel: str = Field(default="", validate_default=False)
+    """Pub/sub channel of breaker events; default ``{key_prefix}:events``, so deployments that
+    share a Redis (each with its own key_prefix) never hear each other."""
     key_prefix: str = Field(default="flexitasks", min_length=1)
     resync_interval: float = Field(default=5.0, gt=0)
     heartbeat_interval: float = Field(default=2.0, gt=0)
     socket_timeout: float = Field(default=2.0, gt=0)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _channel_from_prefix(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "channel" not in data:
+            return {**data, "channel": f"{data.get('key_prefix') or 'flexitasks'}:events"}
+        return data
+
+    @field_validator("channel")
+    @classmethod
+    def _channel_named(cls, channel: str) -> str:
+        if not channel:
+            raise ValueError("must not be empty (default: '<key_prefix>:events')")
+        return channel
 
     @field_validator("redis_url")
     @classmethod

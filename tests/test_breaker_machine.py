@@ -128,12 +128,16 @@ def test_window_forgets_old_failures() -> None:
     assert list(r.buckets) == [1061]  # old buckets pruned on write
 
 
-def test_policy_with_other_window_starts_fresh_window() -> None:
+def test_a_policy_with_another_window_adds_to_the_counts_under_way() -> None:
+    """A rolling deploy that changes ``window`` erases nobody's counts (issue 11 item 14)."""
     r = rec()
     RecordFailure().apply(r, POLICY, T0, 0.0)
     other = BreakerPolicy(failure_threshold=3, window=30.0)
     RecordFailure().apply(r, other, T0, 0.0)
-    assert r.window_length == 30.0 and machine.window_counts(r, T0) == (1, 1)
+    assert r.window_length == POLICY.window and machine.window_counts(r, T0) == (2, 2)
+    machine._window_clear(r)
+    RecordFailure().apply(r, other, T0, 0.0)  # the next window is counted with the new length
+    assert r.window_length == 30.0
 
 
 @pytest.mark.parametrize("state", [S.OPEN, S.HALF_OPEN, S.FORCED_OPEN, S.DISABLED])

@@ -154,7 +154,8 @@ def test_exactly_one_winner_at_every_transition(env: Env) -> None:
         assert len(transitions(events)) == 1
         assert sorted(e["failures"] for e in events if e["type"] == "failure") == [1]  # the first only
         assert transitions(events)[0] == {
-            "v": 1, "type": "transition", "provider": "p", "state": "open", "previous": "closed",
+            "v": 1, "type": "transition", "deployment": env.prefix, "provider": "p", "state": "open",
+            "previous": "closed",
             "generation": 1, "open_until": win.snapshot.open_until, "probe_until": 0.0, "probe_owner": None,
             "reason": "threshold", "at": win.snapshot.now,
         }

@@ -222,7 +222,9 @@ class BreakerModel(RuleBasedStateMachine):
         while len(self.redis_events) < len(self.memory_events) and time.monotonic() < deadline:
             message = self.pubsub.get_message(timeout=0.05)
             if message is not None and message["type"] == "message":
-                self.redis_events.append(json.loads(message["data"]))
+                event = json.loads(message["data"])
+                assert event.pop("deployment") == self.prefix  # the memory store serves one deployment
+                self.redis_events.append(event)
         assert self.redis_events == self.memory_events
 
     def teardown(self) -> None:

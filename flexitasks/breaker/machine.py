@@ -18,7 +18,8 @@ Rolling window: failures and calls are counted in ``BUCKETS`` buckets of
 bucket counts while ``index > current - BUCKETS``, so a failure is forgotten at the
 latest ``window`` seconds after it happened (up to one bucket earlier). The record
 keeps the window length its buckets were counted with: a policy with another
-``window`` starts an empty window rather than mixing bucket sizes.
+``window`` (a rolling deploy that changes it) adds to the counts under way with their
+bucket size rather than erasing them; the new length applies from the next empty window.
 """
 
 from __future__ import annotations
@@ -188,10 +189,10 @@ def window_counts(record: BreakerRecord, now: float) -> tuple[int, int]:
 
 
 def _window_add(record: BreakerRecord, policy: BreakerPolicy, now: float, failures: int, calls: int) -> None:
-    if record.window_length != policy.window:
+    if record.window_length <= 0:
         record.buckets.clear()
         record.window_length = policy.window
-    current = bucket_of(now, policy.window)
+    current = bucket_of(now, record.window_length)
     for index in [i for i in record.buckets if i <= current - BUCKETS]:
         del record.buckets[index]
     counters = record.buckets.setdefault(current, [0, 0])

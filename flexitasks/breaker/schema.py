@@ -136,6 +136,7 @@ class _Event(BaseModel):
     model_config = ConfigDict(extra="ignore", frozen=True, allow_inf_nan=False)
 
     v: Literal[1]
+    deployment: str | None = None  # the sender's key_prefix (absent from older senders)
     provider: str = Field(min_length=1)
     generation: int = Field(ge=0)
     at: float

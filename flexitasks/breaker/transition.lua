@@ -132,8 +132,12 @@ local function window_counts(w, now)
 end
 
 local function window_add(key, w, window, now, df, dc)
-  if w.len ~= window then
-    redis.call('DEL', key)
+  -- Counts already under way keep the bucket size they started with: during a rolling
+  -- deploy that changes `window`, processes of either version add to the same counts
+  -- instead of erasing each other's. The new length applies from the next empty window.
+  if w.len > 0 then
+    window = w.len
+  else
     w.len = window
     w.buckets = {}
     redis.call('HSET', key, 'w', fmt(window))
@@ -217,6 +221,9 @@ if p.window <= 0 then return redis.error_reply('BREAKER_BADARG ' .. op .. ': win
 local a1, a2 = ARGV[14], ARGV[15]
 
 local skey, wkey = KEYS[1], KEYS[2]
+-- The deployment (key_prefix) the state key belongs to: named in every event, so processes
+-- of another deployment sharing the channel drop it.
+local deployment = string.sub(skey, 1, #skey - #(':breaker:' .. provider))
 local s = load_state(skey)
 local w = load_window(wkey)
 local granted, transitioned, dirty = false, false, false
@@ -260,7 +267,8 @@ if op == 'record_failure' or op == 'record_success' then
         clear_token()
         transition('open', 'threshold')
       elseif f == 1 then  -- only the first failure of a window is news to the fleet
-        failure_event = '{"v":1,"type":"failure","provider":' .. jstr(provider)
+        failure_event = '{"v":1,"type":"failure","deployment":' .. jstr(deployment)
+          .. ',"provider":' .. jstr(provider)
           .. ',"generation":' .. string.format('%d', s.generation)
           .. ',"failures":' .. string.format('%d', f)
           .. ',"calls":' .. string.format('%d', c)
@@ -351,7 +359,8 @@ end
 if dirty then save_state(skey, s) end
 
 if transitioned then
-  redis.call('PUBLISH', channel, '{"v":1,"type":"transition","provider":' .. jstr(provider)
+  redis.call('PUBLISH', channel, '{"v":1,"type":"transition","deployment":' .. jstr(deployment)
+    .. ',"provider":' .. jstr(provider)
     .. ',"state":' .. jstr(s.state)
     .. ',"previous":' .. jstr(previous)
     .. ',"generation":' .. string.format('%d', s.generation)

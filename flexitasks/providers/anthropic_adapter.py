@@ -31,6 +31,15 @@ _OUTPUT_DELTAS = frozenset(
 )
 
 
+_INPUT_USAGE = ("input_tokens", "cache_creation_input_tokens", "cache_read_input_tokens")
+
+
+def _input_tokens(usage: dict[str, Any]) -> int:
+    """Every input token billed: Anthropic counts prompt-cache writes and reads apart from
+    ``input_tokens`` (which holds only the uncached rest)."""
+    return sum(int(usage.get(key) or 0) for key in _INPUT_USAGE)
+
+
 class _Answer:
     """One streamed answer, fed event by event."""
 
@@ -79,10 +88,12 @@ class _Answer:
         elif kind == "message_start":
             message = event.get("message") or {}
             self.model = message.get("model") or self.model
-            self.input_tokens = (message.get("usage") or {}).get("input_tokens") or 0
+            self.input_tokens = _input_tokens(message.get("usage") or {})
         elif kind == "message_delta":
             self.stop_reason = delta.get("stop_reason") or self.stop_reason
-            self.output_tokens = (event.get("usage") or {}).get("output_tokens") or self.output_tokens
+            usage = event.get("usage") or {}
+            self.output_tokens = usage.get("output_tokens") or self.output_tokens
+            self.input_tokens = _input_tokens(usage) or self.input_tokens  # newer APIs repeat it here
             if self.stop_reason and not self._watch.done:
                 self._watch.complete()  # only message_stop may follow, within TAIL_GRACE
         return None

@@ -24,8 +24,8 @@ import redis
 
 from flexitasks.breaker.mirror import Mirror, View
 from flexitasks.breaker.redis_store import BreakerStoreError
-from flexitasks.breaker.schema import InvalidEvent, parse_event
-from flexitasks.breaker.store import BreakerStore
+from flexitasks.breaker.schema import FailureEvent, InvalidEvent, TransitionEvent, parse_event
+from flexitasks.breaker.store import BreakerState, BreakerStore
 from flexitasks.sync.views import remove_view, view_key, write_view
 
 log = logging.getLogger(__name__)
@@ -67,6 +67,7 @@ class Subscriber:
         self.key_prefix = key_prefix
         self.key = view_key(key_prefix, self.host, self.pid)
         self.invalid_events = 0
+        self.foreign_events = 0  # events of another deployment (key_prefix) on our channel
         self.applied_events = 0
         self.connected = threading.Event()
         self._stop = threading.Event()
@@ -160,10 +161,32 @@ class Subscriber:
         except InvalidEvent as exc:
             self._reject(str(exc))
             return
+        if event.deployment is not None and event.deployment != self.key_prefix:
+            self.foreign_events += 1  # another deployment on our channel: not ours to apply
+            if self.foreign_events == 1:
+                log.warning("dropping breaker events of deployment %r on channel %s (key_prefix here: %r)",
+                            event.deployment, self.channel, self.key_prefix)
+            return
         if event.provider not in self.providers:
             self._reject(f"breaker event for unknown provider {event.provider!r}")
             return
+        if self._touches_operator_state(event):
+            self._confirm(event.provider)
+            return
         if self.mirror.apply_event(event):
+            self.applied_events += 1
+
+    def _touches_operator_state(self, event: TransitionEvent | FailureEvent) -> bool:
+        """Into or out of ``forced_open``/``disabled``: an event alone never decides that."""
+        operator = (BreakerState.FORCED_OPEN, BreakerState.DISABLED)
+        current = self.mirror.get(event.provider).snapshot.state
+        return current in operator or getattr(event, "state", None) in operator
+
+    def _confirm(self, provider: str) -> None:
+        """Apply what the store says rather than the event: anyone who can PUBLISH can send an
+        event, only the Lua (and the operator through it) can change the store."""
+        snap = self.store.snapshot([provider])[provider]
+        if self.mirror.apply(snap) or self.mirror.get(provider).snapshot.generation == snap.generation:
             self.applied_events += 1
 
     def _reject(self, why: str) -> None:
@@ -180,6 +203,7 @@ class Subscriber:
             "role": self.role,
             "applied_at": max((v.applied_at for v in views.values()), default=0.0),
             "invalid_events": self.invalid_events,
+            "foreign_events": self.foreign_events,
             "breakers": {name: v.snapshot.to_view(v.applied_at) for name, v in views.items()},
         }
 
