@@ -84,6 +84,7 @@ def chat_task(self: Task, messages: list[dict[str, Any]], **options: Any) -> dic
         countdown = retry_countdown(settings.celery, failed_runs)
         if failed_runs >= settings.celery.max_task_retries or time.time() + countdown >= deadline:
             raise
-        carried = {DEADLINE_HEADER: deadline, COMEBACKS_HEADER: comebacks}
+        # A failed run starts the next afresh: no state of an earlier come-back rides along.
+        carried = {DEADLINE_HEADER: deadline, COMEBACKS_HEADER: comebacks, RESUME_HEADER: None}
         raise self.retry(exc=exc, countdown=countdown, headers=delivery.retry_headers(headers, carried),
                          max_retries=self.request.retries + 1) from None

@@ -124,6 +124,24 @@ def test_429_long_retry_after_with_nowhere_to_go_waits_for_the_cooldown(clean):
     assert [e["status"] for e in log(clean["secondary"])] == [529, 529]
 
 
+def test_a_come_back_is_not_a_failed_run_and_a_failed_run_starts_afresh(clean):
+    """Run 1: the primary asks for 3 s, the secondary fails twice: the run comes back for the
+    primary. Run 2 resumes (the secondary is done for it) and the primary fails: the first
+    failed run, so Celery retries it (max_task_retries 1). Run 3 starts afresh and calls the
+    secondary again. Counting the come-back as a failed run, or carrying run 1's state into
+    run 3, would leave the secondary at 2 calls."""
+    assert SETTINGS.celery.max_task_retries == 1 and RETRY.retry_after_wait_max < 3.0
+    clean["primary"].admin.set_fault(status=429, retry_after=3.0, count=1)
+    clean["secondary"].admin.set_fault(status=500)
+    pending = chat_task.delay(MESSAGES)
+    wait_until(lambda: log(clean["primary"]), 10, what="the 429")
+    clean["primary"].admin.set_fault(status=500)  # after the come-back it fails too
+    with pytest.raises(AllProvidersFailed):
+        pending.get(timeout=30)
+    assert [e["status"] for e in log(clean["primary"])] == [429, 500]  # run 3: skipped (breaker open)
+    assert len(log(clean["secondary"])) == 4  # two calls (one retry) in each of runs 1 and 3
+
+
 # ---------------------------------------------------------------- 429 without Retry-After
 
 
