@@ -28,6 +28,7 @@ from benchmarks import (
     cost,
     limits,
     outage_probes,
+    overhead,
     propagation,
     streaming,
     wasted_calls,
@@ -41,6 +42,7 @@ BENCHMARKS: dict[str, tuple[str, Callable[..., list[Table]]]] = {
     "cost": ("Redis cost per call", cost.run),
     "limits": ("Fleet-wide limits", limits.run),
     "streaming": ("Streaming to the caller and asyncio producers", streaming.run),
+    "overhead": ("Overhead against hand-written tasks", overhead.run),
 }
 RESULTS = Path(__file__).resolve().parent / "results.md"
 HEADER = """# flexitasks benchmarks
