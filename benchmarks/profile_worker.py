@@ -84,7 +84,8 @@ def profile(seconds: float = 20.0) -> Path:
 
 def markdown(raw: Path) -> str:
     own, total, samples = top(raw)
-    lines = [f"{samples} samples of a busy `chat_task` worker (main process + 4 children; samples of threads holding the GIL, i.e. Python on CPU)", "",
+    lines = [f"{samples} samples of a busy `chat_task` worker (main process + 4 children), taken only from "
+             "threads holding the GIL (Python on CPU)", "",
              "| own % | function (any) | | total % | flexitasks function (with callees) |", "|---:|---|---|---:|---|"]
     for (f1, s1), (f2, s2) in zip(own, total, strict=False):
         lines.append(f"| {s1:.1f} | `{f1}` | | {s2:.1f} | `{f2}` |")
