@@ -77,7 +77,8 @@ def write_results(sections: dict[str, str], path: Path = RESULTS) -> None:
         for m in re.finditer(r"<!-- begin (\w+) -->.*?<!-- end \1 -->", old, flags=re.S)
     }
     kept.update(sections)
-    parts = [HEADER] + [kept[name] for name in BENCHMARKS if name in kept]
+    extra = [name for name in kept if name not in BENCHMARKS]  # written by hand (e.g. profiles): kept as they are
+    parts = [HEADER] + [kept[name] for name in BENCHMARKS if name in kept] + [kept[name] for name in extra]
     path.write_text("\n".join(p.rstrip("\n") + "\n" for p in parts))
 
 
