@@ -111,6 +111,13 @@ class SyncSettings(_Section):
     heartbeat_interval: float = Field(default=2.0, gt=0)
     socket_timeout: float = Field(default=2.0, gt=0)
 
+    @property
+    def event_secret(self) -> SecretStr | None:
+        """``FLEXITASKS_EVENT_SECRET``: signs breaker events (HMAC-SHA256); from the environment
+        only, read when used. Unset: events are unsigned and accepted unsigned."""
+        value = os.environ.get("FLEXITASKS_EVENT_SECRET")
+        return SecretStr(value) if value else None
+
     @model_validator(mode="before")
     @classmethod
     def _channel_from_prefix(cls, data: Any) -> Any:

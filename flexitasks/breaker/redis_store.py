@@ -105,6 +105,7 @@ class RedisBreakerStore(OperationStore):
         channel: str,
         clock: Callable[[], float] | None = None,
         rng: random.Random | None = None,
+        event_secret: str | None = None,
     ) -> None:
         if not key_prefix:
             raise ValueError("key_prefix must be non-empty")
@@ -115,6 +116,7 @@ class RedisBreakerStore(OperationStore):
         self._channel = channel
         self._clock = clock
         self._rng = rng if rng is not None else random.Random()
+        self._secret = event_secret or ""  # signs the events the script publishes; ARGV only, never stored
         self._script = client.register_script(_script_source())
 
     # ------------------------------------------------------------ keys
@@ -182,7 +184,9 @@ class RedisBreakerStore(OperationStore):
                 f"breaker {op.name} for provider {provider!r}: {exc}", op=op.name, provider=provider
             ) from None
         rand = self._rng.random() if op.draws_jitter else 0.0
-        argv = [op.name, now, repr(rand), provider, self._channel, *_policy_argv(policy), *op.script_args()]
+        args = list(op.script_args())
+        argv = [op.name, now, repr(rand), provider, self._channel, *_policy_argv(policy),
+                *args, *[""] * (2 - len(args)), self._secret]
         row = self._eval(op.name, provider, [self.state_key(provider), self.window_key(provider)], argv)
         try:
             return _decode(provider, row)

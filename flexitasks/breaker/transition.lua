@@ -13,6 +13,7 @@
 --           max_recovery_timeout, success_threshold, jitter, probe_ttl, a1, a2
 --     a1/a2: the operation's script_args(): record_*: successes | admit: owner |
 --            probe_result: owner, '1'/'0' | cool_down: seconds | force: target state
+--     ARGV[16]: the event secret ('' = events unsigned); used to sign, never stored
 --   snapshot
 --     KEYS: state1, window1, state2, window2, ...; ARGV: op, now; writes nothing.
 --   fields
@@ -99,6 +100,80 @@ local function save_state(key, s)
   -- No TTL: an operator's forced_open/disabled stays until reset, and a generation never
   -- restarts at 0 (processes would ignore the new events as stale). One small hash per provider.
   redis.call('PERSIST', key)
+end
+
+-- HMAC-SHA256 (Redis's Lua has SHA-1 only): signs the events this script publishes with
+-- the secret passed in ARGV (never stored). LuaBitOp's 32-bit operations; sums reduced
+-- with bit.tobit (exact: every sum stays far below 2^53).
+local band, bor, bxor, bnot, rshift, lshift, ror, tobit =
+  bit.band, bit.bor, bit.bxor, bit.bnot, bit.rshift, bit.lshift, bit.ror, bit.tobit
+local SHA256_K = {
+  0x428a2f98, 0x71374491, 0xb5c0fbcf, 0xe9b5dba5, 0x3956c25b, 0x59f111f1, 0x923f82a4, 0xab1c5ed5,
+  0xd807aa98, 0x12835b01, 0x243185be, 0x550c7dc3, 0x72be5d74, 0x80deb1fe, 0x9bdc06a7, 0xc19bf174,
+  0xe49b69c1, 0xefbe4786, 0x0fc19dc6, 0x240ca1cc, 0x2de92c6f, 0x4a7484aa, 0x5cb0a9dc, 0x76f988da,
+  0x983e5152, 0xa831c66d, 0xb00327c8, 0xbf597fc7, 0xc6e00bf3, 0xd5a79147, 0x06ca6351, 0x14292967,
+  0x27b70a85, 0x2e1b2138, 0x4d2c6dfc, 0x53380d13, 0x650a7354, 0x766a0abb, 0x81c2c92e, 0x92722c85,
+  0xa2bfe8a1, 0xa81a664b, 0xc24b8b70, 0xc76c51a3, 0xd192e819, 0xd6990624, 0xf40e3585, 0x106aa070,
+  0x19a4c116, 0x1e376c08, 0x2748774c, 0x34b0bcb5, 0x391c0cb3, 0x4ed8aa4a, 0x5b9cca4f, 0x682e6ff3,
+  0x748f82ee, 0x78a5636f, 0x84c87814, 0x8cc70208, 0x90befffa, 0xa4506ceb, 0xbef9a3f7, 0xc67178f2,
+}
+
+local function sha256(msg)
+  local h = {0x6a09e667, 0xbb67ae85, 0x3c6ef372, 0xa54ff53a, 0x510e527f, 0x9b05688c, 0x1f83d9ab, 0x5be0cd19}
+  local bits = #msg * 8
+  msg = msg .. '\128' .. string.rep('\0', (55 - #msg) % 64)
+    .. string.char(0, 0, 0, 0) -- messages here are far below 2^32 bits
+    .. string.char(band(rshift(bits, 24), 255), band(rshift(bits, 16), 255), band(rshift(bits, 8), 255),
+                   band(bits, 255))
+  local w = {}
+  for chunk = 1, #msg, 64 do
+    for j = 0, 15 do
+      local b1, b2, b3, b4 = string.byte(msg, chunk + j * 4, chunk + j * 4 + 3)
+      w[j] = bor(lshift(b1, 24), lshift(b2, 16), lshift(b3, 8), b4)
+    end
+    for j = 16, 63 do
+      local x, y = w[j - 15], w[j - 2]
+      local s0 = bxor(ror(x, 7), ror(x, 18), rshift(x, 3))
+      local s1 = bxor(ror(y, 17), ror(y, 19), rshift(y, 10))
+      w[j] = tobit(w[j - 16] + s0 + w[j - 7] + s1)
+    end
+    local a, b, c, d, e, f, g, hh = h[1], h[2], h[3], h[4], h[5], h[6], h[7], h[8]
+    for j = 0, 63 do
+      local S1 = bxor(ror(e, 6), ror(e, 11), ror(e, 25))
+      local ch = bxor(band(e, f), band(bnot(e), g))
+      local t1 = hh + S1 + ch + SHA256_K[j + 1] + w[j]
+      local S0 = bxor(ror(a, 2), ror(a, 13), ror(a, 22))
+      local maj = bxor(band(a, b), band(a, c), band(b, c))
+      hh, g, f, e, d, c, b, a = g, f, e, tobit(d + t1), c, b, a, tobit(t1 + S0 + maj)
+    end
+    h[1], h[2], h[3], h[4] = tobit(h[1] + a), tobit(h[2] + b), tobit(h[3] + c), tobit(h[4] + d)
+    h[5], h[6], h[7], h[8] = tobit(h[5] + e), tobit(h[6] + f), tobit(h[7] + g), tobit(h[8] + hh)
+  end
+  local out = {}
+  for i = 1, 8 do out[i] = bit.tohex(h[i], 8) end
+  return table.concat(out)
+end
+
+local function unhex(hex)
+  return (string.gsub(hex, '..', function(cc) return string.char(tonumber(cc, 16)) end))
+end
+
+local function hmac_sha256(key, msg)
+  if #key > 64 then key = unhex(sha256(key)) end
+  key = key .. string.rep('\0', 64 - #key)
+  local ipad, opad = {}, {}
+  for i = 1, 64 do
+    local k = string.byte(key, i)
+    ipad[i] = string.char(bxor(k, 0x36))
+    opad[i] = string.char(bxor(k, 0x5c))
+  end
+  return sha256(table.concat(opad) .. unhex(sha256(table.concat(ipad) .. msg)))
+end
+
+-- An event as published: '{"sig":"<hex HMAC-SHA256 of the unsigned JSON>",' + the rest of it.
+local function signed(body, secret)
+  if secret == nil or secret == '' then return body end
+  return '{"sig":"' .. hmac_sha256(secret, body) .. '",' .. string.sub(body, 2)
 end
 
 -- Window hash: 'w' = window length the buckets were counted with, 'f:<i>'/'c:<i>'.
@@ -219,6 +294,7 @@ for name, value in pairs(p) do
 end
 if p.window <= 0 then return redis.error_reply('BREAKER_BADARG ' .. op .. ': window must be > 0') end
 local a1, a2 = ARGV[14], ARGV[15]
+local secret = ARGV[16]
 
 local skey, wkey = KEYS[1], KEYS[2]
 -- The deployment (key_prefix) the state key belongs to: named in every event, so processes
@@ -359,7 +435,7 @@ end
 if dirty then save_state(skey, s) end
 
 if transitioned then
-  redis.call('PUBLISH', channel, '{"v":1,"type":"transition","deployment":' .. jstr(deployment)
+  redis.call('PUBLISH', channel, signed('{"v":1,"type":"transition","deployment":' .. jstr(deployment)
     .. ',"provider":' .. jstr(provider)
     .. ',"state":' .. jstr(s.state)
     .. ',"previous":' .. jstr(previous)
@@ -368,9 +444,9 @@ if transitioned then
     .. ',"probe_until":' .. jfloat(s.probe_until)
     .. ',"probe_owner":' .. jstr(s.probe_owner)
     .. ',"reason":' .. jstr(s.reason)
-    .. ',"at":' .. jfloat(now) .. '}')
+    .. ',"at":' .. jfloat(now) .. '}', secret))
 elseif failure_event ~= nil then
-  redis.call('PUBLISH', channel, failure_event)
+  redis.call('PUBLISH', channel, signed(failure_event, secret))
 end
 
 return reply(s, w, now, granted, transitioned, previous)

@@ -41,7 +41,8 @@ def start_sync(settings: Settings, role: str = "process", node: str | None = Non
         s.redis_url, socket_timeout=s.socket_timeout, socket_connect_timeout=s.socket_timeout
     )
     names = [p.name for p in settings.providers]
-    store = RedisBreakerStore(client, key_prefix=s.key_prefix, channel=s.channel)
+    secret = s.event_secret.get_secret_value() if s.event_secret is not None else None
+    store = RedisBreakerStore(client, key_prefix=s.key_prefix, channel=s.channel, event_secret=secret)
     mirror = Mirror(names)
     policies = {p.name: settings.breaker_policy(p) for p in settings.providers}
     gate = FleetGate(store, mirror, policies, on_transition=announce)
@@ -57,6 +58,7 @@ def start_sync(settings: Settings, role: str = "process", node: str | None = Non
         set_degraded=gate.set_degraded,
         role=role,
         node=node,
+        event_secret=secret,
     )
     sub.start(wait=wait)
     return ProcessSync(client, store, mirror, gate, sub)

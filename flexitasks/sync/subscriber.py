@@ -11,6 +11,8 @@ degraded mode and are retried with backoff; they never end the thread.
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import hmac
 import logging
 import os
 import random
@@ -37,6 +39,25 @@ soon enough for ``flexitasks status``, late and spread enough that a fleet's vie
 neither coalesce into one burst nor sit in the path of the next transition's delivery."""
 
 
+MAX_EVENT_AGE = 60.0
+"""Seconds a signed event stays believable (hosts' clocks agree to well within this): an old
+event replayed by someone who recorded it is rejected."""
+_SIG_PREFIX = b'{"sig":"'
+
+
+def unsigned(data: bytes | str, secret: bytes) -> str | None:
+    """Why ``data`` is not an event signed with ``secret`` (HMAC-SHA256 by the Lua), or None."""
+    raw = data.encode() if isinstance(data, str) else data
+    head = len(_SIG_PREFIX)
+    if not raw.startswith(_SIG_PREFIX) or raw[head + 64 : head + 66] != b'",':
+        return "unsigned breaker event (FLEXITASKS_EVENT_SECRET is set)"
+    body = b"{" + raw[head + 66 :]
+    expected = hmac.new(secret, body, hashlib.sha256).hexdigest().encode()
+    if not hmac.compare_digest(expected, raw[head : head + 64]):
+        return "breaker event with a wrong signature"
+    return None
+
+
 class Subscriber:
     def __init__(
         self,
@@ -51,6 +72,7 @@ class Subscriber:
         set_degraded: Callable[[bool], None],
         role: str = "process",
         node: str | None = None,
+        event_secret: str | None = None,
     ) -> None:
         self.client = client
         self.store = store
@@ -67,6 +89,7 @@ class Subscriber:
         self.key_prefix = key_prefix
         self.key = view_key(key_prefix, self.host, self.pid)
         self.invalid_events = 0
+        self._secret = event_secret.encode() if event_secret else None
         self.foreign_events = 0  # events of another deployment (key_prefix) on our channel
         self.applied_events = 0
         self.connected = threading.Event()
@@ -156,10 +179,18 @@ class Subscriber:
         self.set_degraded(False)
 
     def _handle(self, data: bytes | str) -> None:
+        if self._secret is not None:
+            why = unsigned(data, self._secret)
+            if why is not None:
+                self._reject(why)
+                return
         try:
             event = parse_event(data)
         except InvalidEvent as exc:
             self._reject(str(exc))
+            return
+        if self._secret is not None and abs(time.time() - event.at) > MAX_EVENT_AGE:
+            self._reject(f"stale breaker event for {event.provider!r} (sent {time.time() - event.at:.0f}s ago)")
             return
         if event.deployment is not None and event.deployment != self.key_prefix:
             self.foreign_events += 1  # another deployment on our channel: not ours to apply
