@@ -11,8 +11,9 @@ Owns the Celery-facing side of issue 11 items 19 and 20:
 - the worker's log handlers get ``redact.RedactingFilter``, and Celery's INFO line for a
   succeeded chat task never carries the answer, whatever the switch says.
 
-It must not decide anything about providers or breakers, and it reads only
-``celery.show_content`` from the settings.
+``ChatTask.apply_async`` also stamps the enqueue time (``delivery.stamp``): it is the one
+producer-side hook of the task. It must not decide anything about providers or breakers,
+and it reads only ``celery.show_content`` from the settings.
 """
 
 from __future__ import annotations
