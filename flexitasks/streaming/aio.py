@@ -31,7 +31,7 @@ from redis.exceptions import RedisError
 
 from flexitasks.celery_app import app
 from flexitasks.errors import ConfigError
-from flexitasks.streaming.client import BATCH, POLL, TASK_NAME, send_options
+from flexitasks.streaming.client import BATCH, POLL, chat_task
 from flexitasks.streaming.events import STREAM_HEADER, Replay, decode, stream_key
 
 log = logging.getLogger(__name__)
@@ -47,8 +47,8 @@ _send_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="flexitasks-se
 
 async def _send(messages: list[dict[str, Any]], options: dict[str, Any], stream: bool) -> str:
     task_id = str(uuid.uuid4())
-    send = partial(app.send_task, TASK_NAME, args=[messages], kwargs=options, task_id=task_id,
-                   headers={STREAM_HEADER: True} if stream else None, **send_options(messages, options))
+    send = partial(chat_task().apply_async, args=[messages], kwargs=options, task_id=task_id,
+                   headers={STREAM_HEADER: True} if stream else None)
     result: AsyncResult = await asyncio.get_running_loop().run_in_executor(_send_pool, send)
     del result  # Celery's own result consumer lets go of the task when its AsyncResult goes
     return task_id

@@ -19,7 +19,6 @@ from celery.exceptions import TimeoutError as CeleryTimeoutError
 from celery.result import AsyncResult
 
 from flexitasks.celery_app import app
-from flexitasks.disclosure import args_summary, kwargs_summary, show_content
 from flexitasks.per_process import PerProcess
 from flexitasks.streaming.events import STREAM_HEADER, Replay, decode, stream_key
 
@@ -51,16 +50,14 @@ def _reader(url: str, socket_timeout: float) -> redis.Redis:
 
 def enqueue(messages: list[dict[str, Any]], options: dict[str, Any]) -> AsyncResult:
     """Send ``flexitasks.chat`` with the streaming header (never among the task's options)."""
-    return app.send_task(TASK_NAME, args=[messages], kwargs=options, task_id=str(uuid.uuid4()),
-                         headers={STREAM_HEADER: True}, **send_options(messages, options))
+    return chat_task().apply_async(args=[messages], kwargs=options, task_id=str(uuid.uuid4()),
+                                   headers={STREAM_HEADER: True})
 
 
-def send_options(messages: Any, options: dict[str, Any]) -> dict[str, Any]:
-    """What ``ChatTask.apply_async`` adds (``send_task`` bypasses it): the summaries Flower and
-    Celery's events show instead of the request, unless ``celery.show_content``."""
-    if show_content(app):
-        return {}
-    return {"argsrepr": args_summary([messages]), "kwargsrepr": kwargs_summary(options)}
+def chat_task() -> Any:
+    """The registered ``flexitasks.chat`` (looked up, not imported: ``tasks.py`` imports the
+    sink of this package), so its own ``apply_async`` (hidden argsrepr, enqueue stamp) runs."""
+    return app.tasks[TASK_NAME]
 
 
 class ChatStream:
