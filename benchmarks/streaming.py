@@ -121,6 +121,8 @@ async def _concurrently(n: int, streamed: bool) -> tuple[float, float, float, in
         return None
 
     await achat(MESSAGES, timeout=60)  # warm: clients, the send thread
+    if streamed:  # warm the stream pool's connections too: a serving app has them open
+        await asyncio.gather(*(one_stream(i) for i in range(n)))
     stalls: list[float] = []
     running = True
 
