@@ -22,6 +22,8 @@ from typing import Any
 import redis
 from celery import Task
 from celery.signals import task_failure, task_success
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 from flexitasks.config import Settings
 from flexitasks.per_process import PerProcess
@@ -43,8 +45,10 @@ class StreamTarget:
 
 
 def _new_writer(target: StreamTarget) -> StreamWriter:
+    # One quick retry, no backoff: a stream is live or useless, and a writer that waits seconds
+    # per batch for a Redis that is down only piles up entries nobody will read.
     client = redis.Redis.from_url(target.redis_url, socket_timeout=target.socket_timeout,
-                                  socket_connect_timeout=target.socket_timeout)
+                                  socket_connect_timeout=target.socket_timeout, retry=Retry(NoBackoff(), 1))
     return StreamWriter(client)
 
 

@@ -25,6 +25,8 @@ from flexitasks.streaming.events import DONE_TTL, LIVE_TTL, MAXLEN, encode, is_t
 log = logging.getLogger(__name__)
 
 WARN_EVERY = 30.0
+MAX_QUEUED = 100_000
+"""Entries waiting for Redis at most; more are dropped (counted) until it answers again."""
 
 
 class StreamWriter:
@@ -42,6 +44,9 @@ class StreamWriter:
 
     def put(self, key: str, event: dict[str, Any]) -> None:
         with self._cond:
+            if len(self._queue) >= MAX_QUEUED:  # Redis is gone for a while: memory stays bounded
+                self.dropped += 1
+                return
             self._queue.append((key, event))
             self._cond.notify()
 
