@@ -202,6 +202,13 @@ def test_anthropic_tool_use_blocks_are_joined_per_block(replay: Any) -> None:
     assert done.tool_calls == [{"id": "toolu_1", "name": "get_weather", "arguments": '{"city": "Paris"}'}]
 
 
+def test_an_error_key_set_to_null_is_not_an_error(replay: Any) -> None:
+    chunk = {"id": "c", "model": "m", "error": None, "choices": [{"index": 0, "delta": {"content": "hi"},
+                                                                  "finish_reason": "stop"}]}
+    done = adapter(replay([f"data: {json.dumps(chunk)}\n\n", "data: [DONE]\n\n"]) + "/v1").complete(REQUEST, 10.0)
+    assert (done.content, done.finish_reason) == ("hi", "stop")
+
+
 @pytest.mark.parametrize("body", ['data: {"choices": "nope"}\n\n', 'data: [1, 2]\n\n'])
 def test_a_chunk_of_the_wrong_shape_is_a_malformed_stream(replay: Any, body: str) -> None:
     failure = failure_of(lambda: adapter(replay([body]) + "/v1").complete(REQUEST, 10.0))

@@ -60,8 +60,8 @@ class _Answer:
         chunk = json.loads(data)
         if not isinstance(chunk, dict):
             raise ProviderFailure(FailureKind.TRUNCATED, "malformed stream chunk (not a JSON object)")
-        if name == "error" or "error" in chunk:
-            raise error_event(chunk.get("error", chunk))
+        if name == "error" or chunk.get("error"):  # some proxies send "error": null in every chunk
+            raise error_event(chunk.get("error") or chunk)
         try:
             texts = self._choices(chunk.get("choices") or ())
         except (AttributeError, TypeError, KeyError):
