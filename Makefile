@@ -26,6 +26,7 @@ test: $(STAMP) lint
 	$(BIN)/python -m pytest -q
 
 bench: $(STAMP)
+	$(BIN)/python -m pip install -q -e ".[dev,bench]" || echo "bench extra (litellm, py-spy) not installed: its rows are left out"
 	$(BIN)/python -m benchmarks.run
 
 clean:
