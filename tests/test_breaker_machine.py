@@ -249,12 +249,13 @@ def test_cool_down_opens_keeping_reopen_count(state: BreakerState) -> None:
     assert r.snap.reopen_count == (2 if state is S.HALF_OPEN else 0)
 
 
-def test_cool_down_in_open_only_extends() -> None:
+def test_cool_down_in_open_never_shortens_and_an_extension_is_reported_with_its_own_reason() -> None:
     r = opened(now=T0 + 20)
     d = CoolDown(5).apply(r, POLICY, T0, 0.0)
     assert not d.transitioned and d.event is None and r.snap.open_until == T0 + 20
     d = CoolDown(25).apply(r, POLICY, T0, 0.0)
-    assert not d.transitioned and d.event is None and r.snap.open_until == T0 + 25 and r.snap.generation == 1
+    assert d.transitioned and r.snap.open_until == T0 + 25 and r.snap.generation == 2
+    assert (r.snap.state, r.snap.reason) == (S.OPEN, "retry_after_extended")
 
 
 @pytest.mark.parametrize("state", [S.FORCED_OPEN, S.DISABLED])

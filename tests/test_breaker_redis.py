@@ -265,7 +265,7 @@ def test_snapshot_is_one_round_trip_with_redis_time(env: Env) -> None:
         client.close()
 
 
-def test_cool_down_in_open_extends_silently(env: Env) -> None:
+def test_cool_down_in_open_extends_with_its_own_reason(env: Env) -> None:
     t = [1000.0]
     store = env.store(clock=lambda: t[0])
     policy = BreakerPolicy()
@@ -275,10 +275,11 @@ def test_cool_down_in_open_extends_silently(env: Env) -> None:
         assert first.transitioned and first.snapshot.reason == "retry_after"
         assert not store.cool_down("p", policy, 5.0).transitioned  # never shortens
         extended = store.cool_down("p", policy, 30.0)
-        assert not extended.transitioned
-        assert (extended.snapshot.open_until, extended.snapshot.generation) == (1030.0, 1)
-        events = sub.collect(lambda ev: len(ev) >= 1)
-        assert [(e["reason"], e["open_until"]) for e in events] == [("retry_after", 1010.0)]
+        assert extended.transitioned and extended.snapshot.reason == "retry_after_extended"
+        assert (extended.snapshot.open_until, extended.snapshot.generation) == (1030.0, 2)
+        events = sub.collect(lambda ev: len(ev) >= 2)
+        assert [(e["reason"], e["open_until"]) for e in events] == [("retry_after", 1010.0),
+                                                                     ("retry_after_extended", 1030.0)]
     finally:
         sub.close()
 

@@ -162,7 +162,7 @@ class FleetGate:
         """Seconds left of a provider's Retry-After cool-down (None: not cooling down),
         so a request with nowhere else to go can wait for it rather than fail."""
         s = self.mirror.get(provider).snapshot
-        if s.state is BreakerState.OPEN and s.reason == "retry_after":
+        if s.state is BreakerState.OPEN and s.reason in ("retry_after", "retry_after_extended"):
             return max(s.open_until - self.mirror.now(), 0.0)
         return None
 

@@ -370,7 +370,9 @@ class ProbeResult(Operation):
 @dataclass(frozen=True)
 class CoolDown(Operation):
     """The provider asked us to back off (Retry-After): OPEN until now+seconds (never
-    shortening an existing open_until), reason "retry_after", reopen_count kept."""
+    shortening an existing open_until), reason "retry_after", reopen_count kept. One that
+    extends an open interval is a transition of its own (OPEN -> OPEN, reason
+    "retry_after_extended"), so every process learns the new end and why."""
 
     seconds: float
     name: ClassVar[str] = "cool_down"
@@ -387,6 +389,7 @@ class CoolDown(Operation):
             return _transition(record, BreakerState.OPEN, "retry_after", now)
         if s.state is BreakerState.OPEN and until > s.open_until:
             record.set(open_until=until)
+            return _transition(record, BreakerState.OPEN, "retry_after_extended", now)
         return Decision()
 
     def script_args(self) -> tuple[str, str]:

@@ -413,7 +413,7 @@ elseif op == 'cool_down' then
     transition('open', 'retry_after')
   elseif s.state == 'open' and till > s.open_until then
     s.open_until = till
-    dirty = true
+    transition('open', 'retry_after_extended')
   end
 
 else -- force
