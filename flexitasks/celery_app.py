@@ -34,7 +34,7 @@ from flexitasks.errors import ConfigError
 if TYPE_CHECKING:
     from flexitasks.runtime import ProcessRuntime
 
-TASK_MODULES = ("flexitasks.tasks", "flexitasks.remote", "flexitasks.worker")
+TASK_MODULES = ("flexitasks.tasks", "flexitasks.remote", "flexitasks.worker", "flexitasks.observability")
 
 
 def _is_command_line() -> bool:
@@ -104,6 +104,7 @@ class FlexitasksApp(Celery):
         super().__init__(main, **kwargs)
         self._settings = settings
         self.steps["worker"].add("flexitasks.worker:BreakerSync")
+        self.steps["worker"].add("flexitasks.observability:FleetStats")
         # A promise: Celery calls it when the configuration is first needed, not now.
         self.add_defaults(lambda: celery_config(self.settings))
 

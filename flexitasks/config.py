@@ -64,6 +64,8 @@ class CelerySettings(_Section):
     max_redeliveries: int = Field(default=3, ge=0)
     """Deliveries of one message beyond the first (a worker killed mid-task) before it fails with
     ``RedeliveredTooOften``: a message that kills every worker it reaches must not loop for ever."""
+    result_repr_maxsize: int = Field(default=1024, ge=64)
+    """Characters of a result's repr that Celery logs and sends to monitors (Flower)."""
     show_content: bool = False
     """Show prompts and answers in Flower, task events and Celery's logs (off: a summary:
     message count, options, result fields with the content hidden). Results keep them."""
@@ -190,6 +192,13 @@ class RequestSettings(_Section):
     """Largest request (messages and options as JSON); images in data URLs count."""
 
 
+class PriceSettings(_Section):
+    """US dollars per million tokens, for ``cost_usd`` and ``flexitasks_cost_usd_total``."""
+
+    input_per_million: float = Field(default=0.0, ge=0)
+    output_per_million: float = Field(default=0.0, ge=0)
+
+
 class ProviderSettings(_Section):
     name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")
     kind: ProviderKind
@@ -242,6 +251,8 @@ class ProviderSettings(_Section):
         if burst > rpm:
             raise ValueError(f"burst {burst:g} is more than a minute's worth of rpm ({rpm:g})")
         return burst
+    price: PriceSettings | None = None
+    """Optional price table; without it the result's ``cost_usd`` is null for this provider."""
 
     @field_validator("ca_bundle")
     @classmethod

@@ -533,7 +533,9 @@ class ResultToolCall(BaseModel):
 
 
 class ChatResult(BaseModel):
-    """Short fields first: Celery and Flower cut a result's repr at 1,024 characters."""
+    """Field order is part of the contract: Celery (and so Flower and the worker log) cut a
+    result's repr at ``resultrepr_maxsize``, so who answered, how, and at what cost come
+    before the answer's text."""
 
     provider: str
     model: str
@@ -541,6 +543,7 @@ class ChatResult(BaseModel):
     usage: Usage
     attempts: list[Attempt]
     latency_ms: float
+    cost_usd: float | None = None
     content: str
     tool_calls: list[ResultToolCall] = Field(default_factory=list)
     parsed: JsonValue = None

@@ -26,7 +26,8 @@ from flexitasks import delivery
 from flexitasks.celery_app import FlexitasksApp, app
 from flexitasks.config import CelerySettings
 from flexitasks.disclosure import ChatTask
-from flexitasks.errors import AllProvidersFailed
+from flexitasks.errors import AllProvidersFailed, ContentRejected, InvalidRequest, RequestRejected
+from flexitasks.metrics.task_runs import record_run
 from flexitasks.models import ChatRequest
 from flexitasks.streaming.sink import open_sink
 
@@ -50,14 +51,26 @@ def retry_countdown(celery: CelerySettings, retries: int) -> float:
     )
 
 
-@app.task(base=ChatTask, bind=True, name="flexitasks.chat", acks_late=True, reject_on_worker_lost=True)
+@app.task(
+    base=ChatTask,
+    bind=True,
+    name="flexitasks.chat",
+    acks_late=True,
+    reject_on_worker_lost=True,
+    # The caller's own errors: logged in one line at INFO, not as an unexpected failure.
+    throws=(InvalidRequest, RequestRejected, ContentRejected),
+)
 def chat_task(self: Task, messages: list[dict[str, Any]], **options: Any) -> dict[str, Any]:
     # Worker side only: producers import this module, and the router brings the provider SDKs.
     from flexitasks.failover.router import ComeBackLater, resume_state
 
     flexi = cast(FlexitasksApp, self.app)
     settings = flexi.settings
-    request = ChatRequest.parse(messages, options, max_bytes=settings.requests.max_request_bytes)
+    try:
+        request = ChatRequest.parse(messages, options, max_bytes=settings.requests.max_request_bytes)
+    except InvalidRequest:
+        record_run(flexi, "invalid")
+        raise
     if request.metadata:  # the caller's tracing data: in the log beside the task id
         log.info("metadata %s", json.dumps(request.metadata, sort_keys=True))
     headers = self.request.headers or {}
@@ -69,9 +82,7 @@ def chat_task(self: Task, messages: list[dict[str, Any]], **options: Any) -> dic
     resume = resume_state(headers.get(RESUME_HEADER))
     try:
         router = flexi.runtime.get().router
-        result = router.run(request, timeout=deadline - time.time(), resume=resume, stream=open_sink(self)).model_dump()
-        arrival.answered(result)
-        return result
+        result = router.run(request, timeout=deadline - time.time(), resume=resume, stream=open_sink(self))
     except ComeBackLater as later:
         if self.request.is_eager:  # run in the caller's thread: Celery re-runs it at once
             time.sleep(later.delay)
@@ -79,12 +90,24 @@ def chat_task(self: Task, messages: list[dict[str, Any]], **options: Any) -> dic
                    RESUME_HEADER: later.state.model_dump(mode="json")}
         raise self.retry(countdown=later.delay, headers=delivery.retry_headers(headers, carried),
                          max_retries=self.request.retries + 1) from None
+    except InvalidRequest:
+        record_run(flexi, "invalid")
+        raise
+    except RequestRejected as exc:
+        record_run(flexi, "rejected", exc.attempts)
+        raise
     except AllProvidersFailed as exc:
         failed_runs = self.request.retries - comebacks  # come-backs are not failed runs
         countdown = retry_countdown(settings.celery, failed_runs)
         if failed_runs >= settings.celery.max_task_retries or time.time() + countdown >= deadline:
+            record_run(flexi, "failed", exc.attempts)
             raise
+        record_run(flexi, "retried", exc.attempts)
         # A failed run starts the next afresh: no state of an earlier come-back rides along.
         carried = {DEADLINE_HEADER: deadline, COMEBACKS_HEADER: comebacks, RESUME_HEADER: None}
         raise self.retry(exc=exc, countdown=countdown, headers=delivery.retry_headers(headers, carried),
                          max_retries=self.request.retries + 1) from None
+    result.cost_usd = record_run(flexi, "ok", result.attempts, result.provider, result.usage)
+    answer = result.model_dump()
+    arrival.answered(answer)
+    return answer

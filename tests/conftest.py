@@ -101,10 +101,11 @@ SETTINGS = Settings.model_validate({
               "request_timeout": 20.0},
     "providers": [
         {"name": "primary", "kind": "openai", "model": "gpt-4o-mini", "priority": 1,
-         "api_key_env": "FLEXITASKS_TEST_PRIMARY_KEY", "base_url": f"http://127.0.0.1:{PRIMARY_PORT}/v1", **_LIMITS},
+         "api_key_env": "FLEXITASKS_TEST_PRIMARY_KEY", "base_url": f"http://127.0.0.1:{PRIMARY_PORT}/v1", **_LIMITS,
+         "price": {"input_per_million": 1.0, "output_per_million": 2.0}},
         {"name": "secondary", "kind": "anthropic", "model": "claude-sonnet-4-5", "priority": 2,
          "api_key_env": "FLEXITASKS_TEST_SECONDARY_KEY", "base_url": f"http://127.0.0.1:{SECONDARY_PORT}",
-         **_LIMITS},
+         **_LIMITS, "price": {"input_per_million": 3.0, "output_per_million": 15.0}},
     ],
 })
 """The tests' settings, built in code. This process's app uses them directly; worker
