@@ -185,7 +185,9 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     print(f"  broker {safe_url(settings.celery.broker_url)}; breaker Redis {safe_url(settings.sync.redis_url)}")
     if not settings.providers:
         print("  no providers: every chat task would fail")
-    for p in settings.by_priority:
+    for warning in settings.warnings():
+        print(f"  warning: {warning}")
+    for p in sorted(settings.providers, key=lambda p: p.priority):
         key = "no key" if p.api_key_env is None else (
             f"key from {p.api_key_env} ({'set' if p.api_key is not None else 'NOT SET: its calls will fail over'})")
         print(f"  {p.priority:>4}  {p.name} ({p.kind}, {p.model}), {key}")

@@ -86,12 +86,11 @@ def test_status_says_what_it_read_and_when_an_open_breaker_may_probe(clean, redi
 
     store = RedisBreakerStore(redis_client, key_prefix=KEY_PREFIX, channel=SETTINGS.sync.channel)
     policy = SETTINGS.breaker_policy(SETTINGS.provider("secondary"))
-    for _ in range(policy.failure_threshold):
-        store.record_failure("secondary", policy)
+    store.cool_down("secondary", policy, 120.0)  # OPEN for two minutes (a Retry-After)
     status = json.loads(flexitasks("status", "--json").stdout)
     snap = status["providers"]["secondary"]
-    assert snap["state"] == "open"
-    assert 0 < snap["probe_in"] <= policy.recovery_timeout
+    assert snap["state"] == "open" and snap["reason"] == "retry_after"
+    assert 0 < snap["probe_in"] <= 120.0
     assert status["source"] == str(CONFIG) and status["redis_url"] == REDIS_URL
     text = flexitasks("status", env={**os.environ, "COLUMNS": "200"}).stdout
     assert f"config: {CONFIG}" in text and "next probe" in text and "in " in text
