@@ -129,5 +129,5 @@ def test_result_puts_short_fields_before_content():
     result = ChatResult(provider="p", model="m", finish_reason="stop", usage=Usage(), attempts=[],
                         latency_ms=1.0, content="x" * 5000)
     keys = list(json.loads(result.model_dump_json()))
-    assert keys[:7] == ["provider", "model", "finish_reason", "usage", "attempts", "latency_ms", "content"]
+    assert keys[:8] == ["provider", "model", "finish_reason", "usage", "attempts", "latency_ms", "cost_usd", "content"]
     assert result.model_dump()["tool_calls"] == [] and result.model_dump()["parsed"] is None
