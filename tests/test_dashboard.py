@@ -202,3 +202,27 @@ def test_dashboard_says_redis_is_down_and_keeps_serving(browser):
         page.wait_for_selector("body[data-redis='down'] #banner", timeout=15_000)
         assert "Redis unreachable" in page.text_content("#banner")
         page.close()
+
+
+def test_the_dashboard_state_carries_limit_use_when_limits_exist(redis_client):
+    """A provider with an rpm limit: its use (requests in the bucket against the burst) is in the state."""
+    from conftest import SETTINGS
+
+    from flexitasks.dashboard.server import Hub
+    from flexitasks.fleet import reader_for
+    from flexitasks.limits.policy import policy_of
+    from flexitasks.limits.redis_backend import RedisLimiterBackend
+
+    data = SETTINGS.model_dump()
+    data["providers"][0].update(rpm=60.0, burst=5.0)
+    limited = type(SETTINGS).model_validate(data)
+    primary = limited.provider("primary")
+    backend = RedisLimiterBackend(redis_client, limited.sync.key_prefix)
+    for i in range(3):
+        backend.check("primary", policy_of(primary), 0, f"lease-{i}")
+    hub = Hub(reader_for(limited), limited.sync.channel, {"source": "test"})
+    hub.publish("test")
+    state = json.loads(hub.latest)
+    used, capacity = state["limits"]["primary"]["rpm"]["used"], state["limits"]["primary"]["rpm"]["capacity"]
+    assert capacity == 5.0 and 2.0 <= used <= 3.0
+    assert "secondary" not in state["limits"]
