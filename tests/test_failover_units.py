@@ -418,6 +418,24 @@ def test_own_cooldown_is_admitted_despite_a_little_clock_skew() -> None:
     assert ADMIT_GRACE > 0.1
 
 
+def test_a_fresh_run_may_probe_even_when_request_timeout_is_not_above_first_token_timeout() -> None:
+    clock = Clock()
+    asked: list[bool] = []
+
+    class RecordingGate(Gate):
+        def admit(self, provider: str, may_probe: bool = True) -> Permit | None:
+            asked.append(may_probe)
+            return super().admit(provider, may_probe)
+
+    p = provider("primary", 1, first_token_timeout=5.0)
+    router = Router([p], {"primary": Script("primary", clock, [answer("primary")])}, RecordingGate(clock),
+                    default_policy(RETRY, random.Random(7)), request_timeout=5.0, clock=clock, sleep=clock.sleep)
+    assert router.run(REQUEST).provider == "primary"
+    assert asked == [True]  # else a breaker whose probe needs such a run would never close
+    router.run(REQUEST, timeout=1.0)  # a retry with 1 s left of 5: too little to be the probe
+    assert asked == [True, False]
+
+
 def test_silent_provider_is_not_retried_and_the_answer_comes_from_the_next() -> None:
     clock = Clock()
     router, p, _s, gate = make_router(clock, [failure(FailureKind.TIMEOUT)], [answer("secondary")])

@@ -185,12 +185,15 @@ class Router:
         ``ADMIT_GRACE`` of polling. A refusal is recorded as a skipped attempt, with the
         reopen time if known."""
         provider = settings.name
-        first_token = self._first_token_timeout.get(provider, 0.0)
-        permit = self.gate.admit(provider, may_probe=run.deadline - self.clock() >= first_token)
+        # Too little time left to wait for a first token: not the probe. Capped at half the
+        # request's own limit, or a request_timeout <= first_token_timeout would never probe
+        # and the breaker would stay open for good.
+        probe_needs = min(self._first_token_timeout.get(provider, 0.0), self.request_timeout / 2)
+        permit = self.gate.admit(provider, may_probe=run.deadline - self.clock() >= probe_needs)
         until = min(self.clock() + ADMIT_GRACE, run.deadline)
         while permit is None and patient and self.clock() + ADMIT_POLL < until:
             self.sleep(ADMIT_POLL)
-            permit = self.gate.admit(provider, may_probe=run.deadline - self.clock() >= first_token)
+            permit = self.gate.admit(provider, may_probe=run.deadline - self.clock() >= probe_needs)
         if permit is not None:
             return permit if self._within_limits(settings, request, run) else None
         left = self.gate.reopens_in(provider)
