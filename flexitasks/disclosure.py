@@ -30,8 +30,10 @@ from flexitasks import delivery, redact
 TASK_NAME = "flexitasks.chat"
 HIDDEN_FIELDS = ("content", "parsed", "tool_calls")
 """Result fields that carry the model's answer (or what it was asked)."""
-SHOWN_OPTIONS = ("max_tokens", "temperature", "providers", "stream")
-"""Options that describe how a request runs, not what it says: always shown."""
+SHOWN_OPTIONS = ("max_tokens", "temperature", "providers", "stream", "metadata")
+"""Options that describe how a request runs, not what it says: always shown. ``metadata``
+is the caller's tracing dict (at most 16 scalars, validated in ``models.py``): it is meant
+to be seen in events and Flower, and is never sent to a provider."""
 
 
 def _size(value: Any) -> str:

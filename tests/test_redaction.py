@@ -117,8 +117,11 @@ def test_the_hidden_answer_is_stored_whole_but_shown_without_content():
 def test_arguments_are_summarised_without_their_text():
     messages = [{"role": "user", "content": "my medical history"}]
     assert "medical" not in args_summary((messages,)) and "1 messages" in args_summary((messages,))
-    shown = kwargs_summary({"max_tokens": 5, "metadata": {"note": "private"}})
-    assert "'max_tokens': 5" in shown and "private" not in shown
+    shown = kwargs_summary({"max_tokens": 5, "tools": [{"function": {"name": "lookup_patient"}}],
+                            "metadata": {"trace": "t-42"}})
+    assert "'max_tokens': 5" in shown
+    assert "lookup_patient" not in shown
+    assert "t-42" in shown  # tracing metadata is carried in events (issue 9), never sent to a provider
 
 
 # -- config checks (item 21) ---------------------------------------------------------------------------
