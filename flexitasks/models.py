@@ -516,6 +516,8 @@ class Attempt(BaseModel):
     outcome: Outcome
     error: str | None = None
     latency_ms: float = 0.0
+    first_token_ms: float | None = None
+    """An answered call's time from its start to the first streamed output (null when not measured)."""
 
     @field_validator("error")
     @classmethod

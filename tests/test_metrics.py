@@ -165,6 +165,9 @@ def test_prefork_children_count_every_call_of_a_failed_over_run(clean):
     assert cost > 0
     assert delta(after, before, 'flexitasks_cost_usd_total{provider="secondary"}') == pytest.approx(cost, rel=1e-6)
     assert delta(after, before, 'flexitasks_call_duration_seconds_count{provider="secondary"}') == 12
+    answered = [a for r in results for a in r["attempts"] if a["outcome"] == "ok"]
+    assert all(a["first_token_ms"] is not None and a["first_token_ms"] <= a["latency_ms"] for a in answered)
+    assert delta(after, before, 'flexitasks_time_to_first_token_seconds_count{provider="secondary"}') == 12
     assert after['flexitasks_call_duration_seconds_bucket{le="+Inf",provider="secondary"}'] == \
         after['flexitasks_call_duration_seconds_count{provider="secondary"}']
     assert after["flexitasks_redis_up"] == 1.0

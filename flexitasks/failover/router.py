@@ -94,8 +94,11 @@ class _Run:
     limited: dict[str, int] = field(default_factory=dict)  # provider held back by limits -> tokens asked
     stream: AttemptStream | None = None  # the caller asked for the answer as it is produced
 
-    def record(self, provider: str, outcome: Outcome, error: str | None = None, latency: float = 0.0) -> None:
-        self.state.attempts.append(Attempt(provider=provider, outcome=outcome, error=error, latency_ms=latency))
+    def record(self, provider: str, outcome: Outcome, error: str | None = None, latency: float = 0.0,
+               first_token_s: float | None = None) -> None:
+        first_token_ms = round(first_token_s * 1000, 3) if first_token_s is not None else None
+        self.state.attempts.append(Attempt(provider=provider, outcome=outcome, error=error, latency_ms=latency,
+                                           first_token_ms=first_token_ms))
 
 
 class Router:
@@ -279,7 +282,8 @@ class Router:
             raise failure from None
         self._release(run, completion, None)
         self.gate.succeeded(permit)
-        run.record(provider, "ok", latency=round((self.clock() - t0) * 1000, 3))
+        run.record(provider, "ok", latency=round((self.clock() - t0) * 1000, 3),
+                   first_token_s=getattr(completion, "first_token_s", None))
         return answer
 
     def _after_failure(
