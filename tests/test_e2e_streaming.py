@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import signal
+import subprocess
 import time
 
 import pytest
@@ -64,6 +67,31 @@ def test_a_stream_cut_mid_answer_restarts_on_the_next_provider(clean):
     assert result["provider"] == "secondary"
     assert "".join(e["text"] for e in after if e["type"] == "delta") == result["content"]
     assert result["content"].startswith("secondary: Tell me")
+
+
+def test_a_worker_child_killed_mid_answer_becomes_a_restart(clean, worker):
+    """The pool's children are killed (SIGKILL) after the first delta, while the fake pauses;
+    Celery redelivers the message (reject_on_worker_lost) and a new child answers in full.
+    The caller sees a restart and then the whole answer, never the cut text joined to it."""
+    clean["primary"].admin.set_fault(stall_after_chunks=2, stall_seconds=0.9, count=1)  # only the first call
+    stream = stream_chat(MESSAGES, timeout=60)
+    events, killed = [], False
+    for event in stream:
+        events.append(event)
+        if event["type"] == "delta" and not killed:
+            children = subprocess.run(["pgrep", "-P", str(worker.pid)], capture_output=True, text=True).stdout
+            assert children.split(), "the worker has no children to kill"
+            for pid in children.split():
+                os.kill(int(pid), signal.SIGKILL)
+            killed = True
+    kinds = [e["type"] for e in events]
+    assert kinds.count("restart") == 1
+    restart = events[kinds.index("restart")]
+    assert restart == {"type": "restart", "provider": "primary", "reason": "task restarted"}
+    result = events[-1]["result"]
+    after = events[kinds.index("restart") + 1 :]
+    assert "".join(e["text"] for e in after if e["type"] == "delta") == result["content"]
+    assert result["content"].startswith("primary: Tell me about streams")
 
 
 def test_a_streamed_tool_call_arrives_as_one_event_with_complete_arguments(clean):
