@@ -137,3 +137,31 @@ def test_a_celery_retry_keeps_the_producers_headers(clean, redis_client: redis.R
     assert float(headers[DEADLINE_HEADER]) > 0 and float(headers[ENQUEUED_HEADER]) > 0
     clean["primary"].admin.clear()
     assert pending.get(timeout=30)["provider"] == "primary"
+
+
+def test_a_message_that_keeps_killing_its_worker_fails_after_max_redeliveries(clean):
+    """The real thing: every delivery's child is SIGKILLed mid-call; after
+    ``max_redeliveries`` redeliveries the next one fails clearly instead of looping."""
+    import os
+    import signal
+    import subprocess
+
+    from conftest import start_worker, stop_worker, wait_for_worker
+
+    proc = start_worker("-Q", "poisonq", name="poisonq", concurrency=1)
+    try:
+        wait_for_worker("poisonq@")
+        clean["primary"].admin.set_fault(latency=60.0)  # every call hangs: each delivery is in flight when killed
+        pending = chat_task.apply_async(args=[MESSAGES], queue="poisonq")
+        kills = SETTINGS.celery.max_redeliveries + 1
+        for seen in range(1, kills + 1):
+            wait_until(lambda n=seen: clean["primary"].admin.stats()["requests"] >= n, 60,
+                       what=f"delivery {seen} to call the provider")
+            for pid in subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True, text=True).stdout.split():
+                os.kill(int(pid), signal.SIGKILL)
+        with pytest.raises(RedeliveredTooOften, match=f"delivered {kills + 1} times"):
+            pending.get(timeout=60)
+        assert clean["primary"].admin.stats()["requests"] == kills  # the last delivery called nobody
+    finally:
+        clean["primary"].admin.clear()
+        stop_worker(proc)
