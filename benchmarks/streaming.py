@@ -16,17 +16,19 @@ A ``celery worker --concurrency 4`` (prefork) on the benchmark's config serves
 from __future__ import annotations
 
 import asyncio
+import multiprocessing
 import os
 import re
 import subprocess
 import sys
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from benchmarks import CONFIG_PATH, PRIMARY
+from benchmarks import BASE_URLS, CONFIG_PATH, PRIMARY
 from benchmarks.common import Fakes, Table, ms, percentile
+from flexitasks.fake_provider import FakeProviderAdmin
 
 ROOT = Path(__file__).resolve().parent.parent
 QUEUE_DEADLINE = 120.0
@@ -81,7 +83,7 @@ def _one_stream() -> tuple[float, float, float]:
     return lag, first, time.time() - t0
 
 
-def _first_token(fakes: Fakes, n: int) -> Table:
+def _first_token(admin: FakeProviderAdmin, n: int) -> Table:
     from flexitasks import chat_task
 
     table = Table(
@@ -89,7 +91,7 @@ def _first_token(fakes: Fakes, n: int) -> Table:
         ["streams at once", "calls", "lag p50", "lag p90", "lag p99", "lag max", "call -> first delta p50",
          "call -> done p50", "not streamed: call -> result p50"],
     )
-    fakes.admin[PRIMARY].set_fault(stall_after_chunks=1, stall_seconds=0.05)
+    admin.set_fault(stall_after_chunks=1, stall_seconds=0.05)
     for _ in range(10):  # warm: every child's HTTP pool and Redis connections
         _one_stream()
     plain = []
@@ -104,7 +106,7 @@ def _first_token(fakes: Fakes, n: int) -> Table:
         table.add(concurrent, n, ms(percentile(lags, 50)), ms(percentile(lags, 90)), ms(percentile(lags, 99)),
                   ms(max(lags)), ms(percentile(firsts, 50)), ms(percentile(dones, 50)),
                   ms(percentile(plain, 50)) if concurrent == 1 else "-")
-    fakes.reset()
+    admin.reset()
     table.notes.append("the fake pauses 50 ms after its first piece; worker: --concurrency 4 prefork; "
                        "16 at once: producer threads, so calls also queue for the 4 children")
     return table
@@ -190,16 +192,25 @@ def _asyncio(n_achat: int, n_stream: int) -> Table:
 
 
 def run(fakes: Fakes, quick: bool = False) -> list[Table]:
+    """Measured in a spawned process: the producer side needs the default app with this
+    measurement's settings, and another benchmark of the run may configure it otherwise."""
+    with ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn")) as child:
+        return child.submit(_measure, quick).result()
+
+
+def _measure(quick: bool) -> list[Table]:
     import flexitasks
     from flexitasks.config import load_settings
 
     flexitasks.app.use_settings(load_settings(_config()))
+    admin = FakeProviderAdmin(BASE_URLS[PRIMARY].removesuffix("/v1"))
     proc = _start_worker()
     try:
         _wait_for_worker(proc)
-        return [_first_token(fakes, 50 if quick else 200), _asyncio(1000, 100 if quick else 200)]
+        return [_first_token(admin, 50 if quick else 200), _asyncio(1000, 100 if quick else 200)]
     finally:
         _stop(proc)
+        admin.close()
 
 
 def _wait_for_worker(proc: subprocess.Popen[bytes], timeout: float = 60.0) -> None:
