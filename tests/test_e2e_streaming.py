@@ -177,7 +177,9 @@ def test_a_thousand_concurrent_achats_in_one_loop(clean):
     results, worst = asyncio.run(scenario())
     print(f"\n1000 concurrent achat: {time.monotonic() - started:.1f}s, worst loop stall {worst * 1000:.1f} ms")
     answered = [i for i, r in enumerate(results) if isinstance(r, dict)]
-    assert [results[i]["content"] for i in answered] == [f"primary: question {i}" for i in answered]
+    # its own question's answer, from whichever provider took it (a loaded machine may push
+    # the primary past its first-token deadline, and the secondary then answers)
+    assert [results[i]["content"] for i in answered] == [f"{results[i]['provider']}: question {i}" for i in answered]
     assert all(isinstance(r, RequestExpired) for r in results if not isinstance(r, dict))
     assert len(answered) >= 100
     print(f"answered {len(answered)}, expired in the queue {n - len(answered)}")
