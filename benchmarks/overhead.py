@@ -69,7 +69,7 @@ def _cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / _TICK  # utime + stime
 
 
-def _rss_mb(pid: int) -> float:
+def rss_mb(pid: int) -> float:
     try:
         for line in Path(f"/proc/{pid}/status").read_text().splitlines():
             if line.startswith("VmRSS:"):
@@ -84,7 +84,7 @@ def worker_cpu(proc: subprocess.Popen[bytes]) -> float:
 
 
 def child_rss(proc: subprocess.Popen[bytes]) -> list[float]:
-    return [_rss_mb(c) for c in _children(proc.pid)]
+    return [rss_mb(c) for c in _children(proc.pid)]
 
 
 # ---------------------------------------------------------------------------- workers
@@ -114,20 +114,22 @@ def _env() -> dict[str, str]:
     return {**os.environ, **_plain_env(), "FLEXITASKS_CONFIG": str(OVERHEAD_CONFIG)}
 
 
-def start_worker(app: str, name: str, *extra: str) -> subprocess.Popen[bytes]:
+def start_worker(app: str, name: str, *extra: str, pool: str = "prefork",
+                 concurrency: int = CHILDREN) -> subprocess.Popen[bytes]:
     out = open(LOG_FILE, "ab")  # noqa: SIM115  (owned by the process)
     return subprocess.Popen(
-        [sys.executable, "-m", "celery", "-A", app, "worker", "--pool", "prefork", "--concurrency", str(CHILDREN),
+        [sys.executable, "-m", "celery", "-A", app, "worker", "--pool", pool, "--concurrency", str(concurrency),
          "-n", f"{name}-{os.getpid()}@%h", "--loglevel", "WARNING", "--without-gossip", "--without-mingle",
          "--without-heartbeat", *extra],
         cwd=ROOT, env=_env(), stdout=out, stderr=subprocess.STDOUT,
     )
 
 
-def wait_ready(proc: subprocess.Popen[bytes], send: Callable[[], Any], timeout: float = 90.0) -> None:
-    """Until the worker has its children and answers a task."""
+def wait_ready(proc: subprocess.Popen[bytes], send: Callable[[], Any], timeout: float = 90.0,
+               children: int = CHILDREN) -> None:
+    """Until the worker has its ``children`` (none for the threads pool) and answers a task."""
     deadline = time.monotonic() + timeout
-    while len(_children(proc.pid)) < CHILDREN:
+    while len(_children(proc.pid)) < children:
         if proc.poll() is not None or time.monotonic() > deadline:
             raise RuntimeError(f"worker exited or did not fork its children (code {proc.poll()}); see {LOG_FILE}")
         time.sleep(0.1)

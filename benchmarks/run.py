@@ -25,6 +25,7 @@ from benchmarks import (
     KEY_PREFIX,
     LOG_FILE,
     REDIS_URL,
+    concurrency,
     cost,
     limits,
     outage_probes,
@@ -43,6 +44,7 @@ BENCHMARKS: dict[str, tuple[str, Callable[..., list[Table]]]] = {
     "limits": ("Fleet-wide limits", limits.run),
     "streaming": ("Streaming to the caller and asyncio producers", streaming.run),
     "overhead": ("Overhead against hand-written tasks", overhead.run),
+    "concurrency": ("Concurrency: many slow calls per threads-pool worker", concurrency.run),
 }
 RESULTS = Path(__file__).resolve().parent / "results.md"
 HEADER = """# flexitasks benchmarks

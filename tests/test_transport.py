@@ -131,3 +131,27 @@ def test_a_missing_ca_bundle_is_a_config_error(tmp_path):
         parse_settings({"providers": [{"name": "p", "kind": "openai", "model": "m",
                                        "ca_bundle": str(tmp_path / "nope.pem")}]}, "test.toml")
     assert ProviderSettings(name="p", kind="openai", model="m", ca_bundle=str(tmp_path)).ca_bundle == str(tmp_path)
+
+
+def test_one_transport_serves_hundreds_of_calls_at_once_and_keeps_their_connections(fake):
+    """A threads-pool worker has one transport per provider and up to ``--concurrency``
+    calls in flight: none waits for a pool slot (httpx allows 100) and every connection is
+    kept for the next call (httpx keeps 20)."""
+    n = 150
+    fake.admin.set_fault(latency=3.0)  # every call still open when the last one is sent
+    start = threading.Barrier(n)
+    answers: list[str] = []
+    with WatchedTransport() as transport:
+
+        def call() -> None:
+            start.wait()
+            answers.append(ask(transport, fake.url + "/v1"))
+
+        threads = [threading.Thread(target=call) for _ in range(n)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+        assert len(answers) == n
+        assert fake.admin.stats()["max_in_flight"] == n
+        assert len(transport._direct.connections) == n  # all idle, kept alive

@@ -200,7 +200,11 @@ class _WatchedBackend(httpcore2.NetworkBackend):
         self._inner.sleep(seconds)
 
 
-_LIMITS = httpx2.Limits(max_connections=100, max_keepalive_connections=20)
+_LIMITS = httpx2.Limits(max_connections=1000, max_keepalive_connections=1000, keepalive_expiry=5.0)
+"""One process's connections: as many as the OpenAI SDK's own default allows, and all of them
+kept alive (httpx keeps 20): a ``--pool threads --concurrency 256`` worker has 256 calls in
+flight; with 100 connections the rest queued in the pool, and all but 20 of each second's
+connections were closed and opened again. Idle ones still close after ``keepalive_expiry``."""
 
 # httpcore2's exceptions as httpx2 raises them (what the SDKs catch), most specific first.
 _EXCEPTIONS: list[tuple[type[Exception], type[Exception]]] = [

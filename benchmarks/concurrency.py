@@ -1,0 +1,157 @@
+"""Concurrency: many slow calls in one threads-pool worker, against the hand-written task (issue 8).
+
+For C = 4, 32, 128, 256: one ``celery worker --pool threads --concurrency C`` for
+``chat_task`` and one for the plain Celery task calling the OpenAI SDK, not streamed
+(``benchmarks/plain_tasks.py``); both fakes answer after 1 s (their ``latency`` fault),
+so the ceiling is C calls/s. A producer keeps C tasks in flight (C threads, each sending
+a task and waiting for its result) for a fixed time per variant; calls/s counts the
+answers that arrive after a ramp-up, p50/p99 is the producer's round trip, and the
+worker's RSS is read from /proc idle (after start) and loaded (at the end of the window,
+C calls in flight). Workers, their start-up and statistics come from ``overhead.py``.
+
+Measured in a spawned process, as ``streaming.py``: the producer side needs the default
+app with the overhead config, which another benchmark of the run may already have set.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+from benchmarks.common import Fakes, Table, log, num, percentile
+
+LEVELS = (4, 32, 128, 256)
+LATENCY = 1.0  # seconds every fake call takes: the limit is C calls/s
+RAMP = 2.0  # seconds of each window not counted: the first answers of C tasks sent at once
+
+
+@dataclass
+class Row:
+    name: str
+    concurrency: int
+    seconds: float
+    answers: list[tuple[float, float]] = field(default_factory=list)  # (finished at, round trip)
+    failed: int = 0
+    cpu_s: float = 0.0
+    idle_rss: float = float("nan")
+    loaded_rss: float = float("nan")
+
+    def counted(self, start: float) -> list[float]:
+        lo, hi = start + RAMP, start + self.seconds
+        return [rt for at, rt in self.answers if lo <= at <= hi]
+
+    def rate(self, start: float) -> float:
+        return len(self.counted(start)) / (self.seconds - RAMP)
+
+
+def keep_in_flight(send: Callable[[], Any], row: Row, on_loaded: Callable[[], None]) -> float:
+    """``row.concurrency`` callers in a closed loop for ``row.seconds``; returns the start time.
+    ``on_loaded`` runs just before the window ends, every caller still waiting on a call."""
+    lock = threading.Lock()
+    start = time.monotonic()
+    end = start + row.seconds
+
+    def caller() -> None:
+        while time.monotonic() < end:
+            t0 = time.monotonic()
+            try:
+                send().get(timeout=120)
+            except Exception:  # counted, the loop goes on
+                with lock:
+                    row.failed += 1
+                continue
+            t1 = time.monotonic()
+            with lock:
+                row.answers.append((t1, t1 - t0))
+
+    threads = [threading.Thread(target=caller, daemon=True) for _ in range(row.concurrency)]
+    for t in threads:
+        t.start()
+    time.sleep(max(end - time.monotonic() - 0.5, 0.0))
+    on_loaded()
+    for t in threads:
+        t.join()
+    return start
+
+
+def _measure(quick: bool) -> list[Table]:
+    from benchmarks.overhead import _variants, rss_mb, start_worker, stop_worker, wait_ready, worker_cpu
+
+    variants, _ = _variants()  # sets the producer's app to the overhead config (request deadline 120 s)
+    flexi, plain = variants[0], variants[1]
+    seconds = 8.0 if quick else 15.0
+    rows: list[tuple[Row, Row]] = []
+    for c in LEVELS:
+        log(f"concurrency C={c}: a flexitasks and a plain worker, --pool threads --concurrency {c}, {seconds:g} s each")
+        pair = (Row(flexi.name, c, seconds), Row(plain.name, c, seconds))
+        workers = [start_worker("flexitasks", f"ft-conc{c}", pool="threads", concurrency=c),
+                   start_worker("benchmarks.plain_tasks", f"plain-conc{c}", "-Q", "plain", pool="threads",
+                                concurrency=c)]
+        try:
+            for worker, v in zip(workers, (flexi, plain), strict=True):
+                wait_ready(worker, v.send, children=0)
+            time.sleep(1.0)
+            for worker, v, row in zip(workers, (flexi, plain), pair, strict=True):
+                row.idle_rss = rss_mb(worker.pid)
+                warm = Row(row.name, c, min(3.0, seconds))  # opens the worker's and producer's connections
+                keep_in_flight(v.send, warm, lambda: None)
+            for worker, v, row in zip(workers, (flexi, plain), pair, strict=True):
+                cpu0 = worker_cpu(worker)
+
+                def loaded(worker: Any = worker, row: Row = row) -> None:
+                    row.loaded_rss = rss_mb(worker.pid)
+
+                start = keep_in_flight(v.send, row, loaded)
+                row.cpu_s = worker_cpu(worker) - cpu0
+                row.answers = [(at - start, rt) for at, rt in row.answers]  # times relative to the start
+                log(f"  {row.name}: {row.rate(0.0):.1f} calls/s, {row.failed} failed")
+        finally:
+            for worker in workers:
+                stop_worker(worker)
+        rows.append(pair)
+    return [_table(rows, seconds)]
+
+
+def _table(rows: list[tuple[Row, Row]], seconds: float) -> Table:
+    table = Table(
+        f"Concurrency: one --pool threads worker, C calls in flight, the fake answering in {LATENCY:g} s",
+        ["C", "task", "calls/s", "of the limit C/1 s", "vs hand-written", "p50 ms", "p99 ms", "failed",
+         "worker CPU ms / call", "worker RSS MB idle -> loaded", "RSS KB / call in flight"],
+    )
+    for flexi, plain in rows:
+        base = plain.rate(0.0)
+        for row in (flexi, plain):
+            rate, rts, limit = row.rate(0.0), row.counted(0.0), row.concurrency / LATENCY
+            calls = len(row.answers)
+            per_call = (row.loaded_rss - row.idle_rss) * 1024 / row.concurrency
+            table.add(row.concurrency, row.name, num(rate), f"{rate / limit:.2f}",
+                      f"{rate / base:.2f}x" if base else "-",
+                      num(percentile(rts, 50) * 1000, 0), num(percentile(rts, 99) * 1000, 0), row.failed,
+                      num(row.cpu_s * 1000 / calls, 2) if calls else "-",
+                      f"{num(row.idle_rss)} -> {num(row.loaded_rss)}", num(per_call, 0))
+    table.notes += [
+        f"Per row: a worker of its own (`celery worker --pool threads --concurrency C`), warmed for 3 s, then "
+        f"C producer threads in a closed loop for {seconds:g} s; calls/s and p50/p99 count the answers after "
+        f"the first {RAMP:g} s. Both fakes answer every call after {LATENCY:g} s (a 21-piece answer).",
+        "Target (issue 8): `chat_task` >= 0.8 of the limit at C = 128 and 256, and ahead of the hand-written "
+        "task at the same C. The producer, both fakes, Redis and the worker share the machine's cores.",
+        "RSS of the worker process (threads pool: one process) from /proc, idle after start and with C calls "
+        "in flight at the end of the window.",
+    ]
+    return table
+
+
+def run(fakes: Fakes, quick: bool = False) -> list[Table]:
+    fakes.reset()
+    for admin in fakes.admin.values():
+        admin.set_fault(latency=LATENCY)
+    try:
+        with ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn")) as child:
+            return child.submit(_measure, quick).result()
+    finally:
+        fakes.reset()
