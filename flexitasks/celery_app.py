@@ -85,7 +85,8 @@ def _own_config(s: Settings) -> dict[str, Any]:
         "worker_prefetch_multiplier": s.celery.prefetch_multiplier,
         # Redis broker: an unacked message (a killed worker's) comes back after this, not an
         # hour later; never while it may still be held or run (``delivery.visibility_timeout``).
-        "broker_transport_options": {"visibility_timeout": visibility_timeout(s)},
+        "broker_transport_options": {"visibility_timeout": visibility_timeout(s), **_sentinel(s.celery.broker_url, s)},
+        **_result_transport(s),
         "result_expires": s.celery.result_expires,
         "worker_send_task_events": True,
         "task_send_sent_event": True,
@@ -94,6 +95,16 @@ def _own_config(s: Settings) -> dict[str, Any]:
         "task_time_limit": int(s.retry.request_timeout + 30),
         "task_soft_time_limit": int(s.retry.request_timeout + 15),
     }
+
+
+def _sentinel(url: str, s: Settings) -> dict[str, Any]:
+    """Celery's own Sentinel support: kombu/the result backend find the master named here."""
+    return {"master_name": s.celery.master_name} if url.startswith("sentinel://") and s.celery.master_name else {}
+
+
+def _result_transport(s: Settings) -> dict[str, Any]:
+    options = _sentinel(s.celery.result_backend, s)
+    return {"result_backend_transport_options": options} if options else {}
 
 
 class FlexitasksApp(Celery):

@@ -66,6 +66,9 @@ class CelerySettings(_Section):
     ``RedeliveredTooOften``: a message that kills every worker it reaches must not loop for ever."""
     result_repr_maxsize: int = Field(default=1024, ge=64)
     """Characters of a result's repr that Celery logs and sends to monitors (Flower)."""
+    master_name: str | None = None
+    """The Sentinel master of a ``sentinel://`` broker or result backend (Celery's
+    ``master_name`` transport option); required with such a URL."""
     show_content: bool = False
     """Show prompts and answers in Flower, task events and Celery's logs (off: a summary:
     message count, options, result fields with the content hidden). Results keep them."""
@@ -76,7 +79,7 @@ class CelerySettings(_Section):
         return _check_celery_options(options)
 
 
-REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
+REDIS_SCHEMES = ("redis://", "rediss://", "unix://", "sentinel://")
 
 
 PROTECTED_CELERY_OPTIONS = {
@@ -112,6 +115,25 @@ class SyncSettings(_Section):
     resync_interval: float = Field(default=5.0, gt=0)
     heartbeat_interval: float = Field(default=2.0, gt=0)
     socket_timeout: float = Field(default=2.0, gt=0)
+    master_name: str | None = None
+    """The Sentinel master to use when ``redis_url`` is ``sentinel://`` (required then)."""
+    cluster: bool = False
+    """``redis_url`` is one node of a Redis Cluster (keys are hash-tagged per provider)."""
+
+    @field_validator("key_prefix")
+    @classmethod
+    def _no_hash_tag(cls, prefix: str) -> str:
+        if any(c in prefix for c in "{}"):
+            raise ValueError("must not contain '{' or '}' (flexitasks adds its own Redis Cluster hash tags)")
+        return prefix
+
+    @model_validator(mode="after")
+    def _topology(self) -> SyncSettings:
+        if self.redis_url.startswith("sentinel://") and not self.master_name:
+            raise ValueError("redis_url is sentinel://: master_name is required")
+        if self.cluster and self.redis_url.startswith(("sentinel://", "unix://")):
+            raise ValueError("cluster = true needs a redis:// or rediss:// node URL")
+        return self
 
     @property
     def event_secret(self) -> SecretStr | None:

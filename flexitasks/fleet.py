@@ -15,6 +15,7 @@ from flexitasks.breaker.redis_store import RedisBreakerStore
 from flexitasks.breaker.store import BreakerState
 from flexitasks.config import Settings
 from flexitasks.limits.status import fleet_limits
+from flexitasks.redis_connect import sync_client
 from flexitasks.sync.views import read_views
 
 STATE_COLOURS = {"closed": "green", "open": "red", "forced_open": "bold red", "half_open": "yellow",
@@ -70,7 +71,8 @@ class FleetReader:
 
 def reader_for(settings: Settings) -> FleetReader:
     s = settings.sync
-    return FleetReader(redis_client(s.redis_url, s.socket_timeout), s.key_prefix, s.channel,
+    # a single Redis, Sentinel's master, or a Cluster (each provider read from its slot's node)
+    return FleetReader(sync_client(s), s.key_prefix, s.channel,
                        [p.name for p in settings.providers], settings)
 
 

@@ -139,8 +139,13 @@ def require_redis() -> None:
     pytest.skip(message)
 
 
+def prefixed_keys(client: redis.Redis, prefix: str) -> list[bytes]:
+    """Keys under ``prefix``, hash-tagged (``{prefix...``, flexitasks/keys.py) or not."""
+    return [k for pattern in (f"{prefix}*", f"{{{prefix}*") for k in client.scan_iter(match=pattern, count=500)]
+
+
 def delete_prefix(client: redis.Redis, prefix: str) -> None:
-    keys = list(client.scan_iter(match=f"{prefix}*", count=500))
+    keys = prefixed_keys(client, prefix)
     if keys:
         client.delete(*keys)
 

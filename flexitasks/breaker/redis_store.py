@@ -10,10 +10,13 @@ to ``MemoryBreakerStore`` is the caller's decision.
 
 Key layout (every key written has a TTL, refreshed on each write):
 
-* ``{key_prefix}:breaker:{provider}`` hash: state, generation, open_until,
+Keys are named by ``flexitasks/keys.py``, hash-tagged per provider so both keys of one
+EVALSHA share a Redis Cluster slot:
+
+* ``{key_prefix:provider}:breaker`` hash: state, generation, open_until,
   reopen_count, probe_owner ('' = none), probe_until, probe_successes, reason
   (no TTL: operator states never expire, generations never restart);
-* ``{key_prefix}:window:{provider}`` hash: ``w`` (window length of the buckets),
+* ``{key_prefix:provider}:window`` hash: ``w`` (window length of the buckets),
   ``f:<bucket>``/``c:<bucket>`` failure/call counters, bucket =
   floor(now / (window / 60)) (TTL ceil(window) + 1 s).
 """
@@ -33,6 +36,7 @@ from flexitasks.breaker import machine
 from flexitasks.breaker.schema import BreakerSnapshot, BreakerState
 from flexitasks.breaker.store import BreakerPolicy, OperationStore, StoreResult
 from flexitasks.errors import FlexitasksError
+from flexitasks.keys import by_slot, provider_key
 
 __all__ = ["BreakerStoreError", "InvalidBreakerOperation", "RedisBreakerStore"]
 
@@ -122,15 +126,16 @@ class RedisBreakerStore(OperationStore):
     # ------------------------------------------------------------ keys
 
     def state_key(self, provider: str) -> str:
-        return f"{self._prefix}:breaker:{provider}"
+        return provider_key(self._prefix, provider, "breaker")
 
     def window_key(self, provider: str) -> str:
-        return f"{self._prefix}:window:{provider}"
+        return provider_key(self._prefix, provider, "window")
 
     # ------------------------------------------------------------ BreakerStore
 
     def snapshot(self, providers: list[str]) -> dict[str, BreakerSnapshot]:
-        """All providers' snapshots read atomically in one round trip, ``now`` = store time."""
+        """All providers' snapshots, ``now`` = store time: one round trip on a single Redis
+        (read atomically), one per slot on a cluster (each provider's read atomic)."""
         names = list(dict.fromkeys(providers))
         if not names:
             return {}
@@ -143,18 +148,19 @@ class RedisBreakerStore(OperationStore):
             raise InvalidBreakerOperation(
                 f"breaker snapshot of {label!r}: {exc}", op="snapshot", provider=label
             ) from None
-        keys: list[str] = []
-        for name in names:
-            keys += [self.state_key(name), self.window_key(name)]
-        rows = self._eval("snapshot", label, keys, ["snapshot", now])
-        try:
-            return {name: _decode(name, row).snapshot for name, row in zip(names, rows, strict=True)}
-        except (ValueError, TypeError) as exc:
-            raise BreakerStoreError(
-                f"breaker snapshot of {label!r}: unreadable reply from Redis: {exc}",
-                op="snapshot",
-                provider=label,
-            ) from exc
+        found: dict[str, BreakerSnapshot] = {}
+        for group in by_slot(self._client, self._prefix, names):
+            keys = [key for name in group for key in (self.state_key(name), self.window_key(name))]
+            rows = self._eval("snapshot", label, keys, ["snapshot", now])
+            try:
+                found.update((name, _decode(name, row).snapshot) for name, row in zip(group, rows, strict=True))
+            except (ValueError, TypeError) as exc:
+                raise BreakerStoreError(
+                    f"breaker snapshot of {label!r}: unreadable reply from Redis: {exc}",
+                    op="snapshot",
+                    provider=label,
+                ) from exc
+        return {name: found[name] for name in names}
 
     # ------------------------------------------------------------ plumbing
 

@@ -107,12 +107,9 @@ class Limiter:
         policies = {p.name: policy_of(p) for p in settings.providers}
         if not any(p.limited for p in policies.values()):
             return None
-        import redis
+        from flexitasks.redis_connect import sync_client
 
-        s = settings.sync
-        client = redis.Redis.from_url(s.redis_url, socket_timeout=s.socket_timeout,
-                                      socket_connect_timeout=s.socket_timeout)
-        return cls(policies, RedisLimiterBackend(client, s.key_prefix))
+        return cls(policies, RedisLimiterBackend(sync_client(settings.sync), settings.sync.key_prefix))
 
     @property
     def degraded(self) -> bool:

@@ -7,9 +7,12 @@ every Redis failure into a ``LimiterError``. The rules are in the Lua (mirrored 
 
 Keys (in the same Redis as the breakers; each write refreshes a TTL):
 
-* ``{key_prefix}:limit:{provider}`` hash: ``rpm_tat``, ``tpm_tat``, ``skip:<limit>``
+Named by ``flexitasks/keys.py`` (hash-tagged per provider, like the breaker's: one
+EVALSHA's keys share a Redis Cluster slot):
+
+* ``{key_prefix:provider}:limit`` hash: ``rpm_tat``, ``tpm_tat``, ``skip:<limit>``
   refusal counters (TTL 1 day);
-* ``{key_prefix}:lease:{provider}`` sorted set: lease id scored by its expiry
+* ``{key_prefix:provider}:lease`` sorted set: lease id scored by its expiry
   (TTL the lease's own + 60 s).
 """
 
@@ -23,6 +26,7 @@ from typing import Any
 
 import redis
 
+from flexitasks.keys import by_slot, provider_key
 from flexitasks.limits.backend import LimiterError
 from flexitasks.limits.machine import LimitView, Verdict
 from flexitasks.limits.policy import LIMITS, LimitPolicy
@@ -67,11 +71,12 @@ class RedisLimiterBackend:
         if not key_prefix:
             raise ValueError("key_prefix must be non-empty")
         self._prefix = key_prefix
+        self._client = client
         self._clock = clock
         self._script = client.register_script(_script_source())
 
     def keys(self, provider: str) -> list[str]:
-        return [f"{self._prefix}:limit:{provider}", f"{self._prefix}:lease:{provider}"]
+        return [provider_key(self._prefix, provider, "limit"), provider_key(self._prefix, provider, "lease")]
 
     def _now(self) -> str:
         if self._clock is None:
@@ -103,9 +108,12 @@ class RedisLimiterBackend:
         names = list(dict.fromkeys(providers))
         if not names:
             return {}
-        keys = [k for name in names for k in self.keys(name)]
-        rows = self._eval("peek", ",".join(names), keys, ["peek", self._now()])
-        return {name: _view(*row) for name, row in zip(names, rows, strict=True)}
+        views: dict[str, LimitView] = {}
+        for group in by_slot(self._client, self._prefix, names):  # one round trip per cluster slot
+            keys = [k for name in group for k in self.keys(name)]
+            rows = self._eval("peek", ",".join(group), keys, ["peek", self._now()])
+            views.update((name, _view(*row)) for name, row in zip(group, rows, strict=True))
+        return {name: views[name] for name in names}
 
     def _eval(self, op: str, provider: str, keys: list[str], argv: Sequence[str]) -> Any:
         try:

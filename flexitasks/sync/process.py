@@ -16,6 +16,7 @@ from flexitasks.breaker.gate import FleetGate
 from flexitasks.breaker.mirror import Mirror
 from flexitasks.breaker.redis_store import RedisBreakerStore
 from flexitasks.config import Settings
+from flexitasks.redis_connect import sync_client
 from flexitasks.signals import announce
 from flexitasks.sync.subscriber import Subscriber
 
@@ -37,9 +38,7 @@ def start_sync(settings: Settings, role: str = "process", node: str | None = Non
     """Build and start this process's sync; wait at most ``wait`` s for the first snapshot
     (Celery kills a prefork child whose init blocks for 4 s)."""
     s = settings.sync
-    client = redis.Redis.from_url(
-        s.redis_url, socket_timeout=s.socket_timeout, socket_connect_timeout=s.socket_timeout
-    )
+    client = sync_client(s)  # a single Redis, Sentinel's current master, or a Cluster
     names = [p.name for p in settings.providers]
     secret = s.event_secret.get_secret_value() if s.event_secret is not None else None
     store = RedisBreakerStore(client, key_prefix=s.key_prefix, channel=s.channel, event_secret=secret)

@@ -1,7 +1,9 @@
 """Process views in Redis: where each process records the breaker state it has applied.
 
 Owns the key layout of the views and their index: ``{prefix}:proc:{host}:{pid}`` (JSON,
-with a TTL) and ``{prefix}:procs``, a set of those keys that expires with its last writer.
+with a TTL) and ``{prefix}:procs`` (both hash-tagged ``{prefix}``, ``keys.fleet_key``: one
+Redis Cluster slot, so the index and one MGET of the views work there too), a set of
+those keys that expires with its last writer.
 Readers (``flexitasks status``, the exporter, the demo) take the index instead of
 scanning the keyspace (``SCAN`` walks every key of a Redis that may hold millions of
 other apps' keys), drop members whose view has expired, and skip a malformed view
@@ -16,13 +18,15 @@ from typing import Any
 
 import redis
 
+from flexitasks.keys import fleet_key
+
 
 def view_key(prefix: str, host: str, pid: int) -> str:
-    return f"{prefix}:proc:{host}:{pid}"
+    return fleet_key(prefix, f"proc:{host}:{pid}")
 
 
 def index_key(prefix: str) -> str:
-    return f"{prefix}:procs"
+    return fleet_key(prefix, "procs")
 
 
 def write_view(client: redis.Redis, prefix: str, key: str, view: dict[str, Any], ttl: int) -> None:
