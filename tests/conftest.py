@@ -168,14 +168,18 @@ def fakes() -> Iterator[dict[str, object]]:
 
 
 def start_worker(
-    *extra: str, name: str = "w1", concurrency: int = 4, pool: str = "prefork"
+    *extra: str, name: str = "w1", concurrency: int = 4, pool: str = "prefork", config: Path | None = None
 ) -> subprocess.Popen[bytes]:
+    """A ``celery worker``; ``config``: another settings file than the tests' own."""
     log = open(WORKDIR / f"worker-{name}.log", "ab")  # noqa: SIM115  (owned by the process)
+    env = os.environ.copy()
+    if config is not None:
+        env["FLEXITASKS_CONFIG"] = str(config)
     return subprocess.Popen(
         [sys.executable, "-m", "celery", "-A", "flexitasks", "worker", "--pool", pool,
          "--concurrency", str(concurrency), "-n", f"{name}@%h", "--loglevel", "INFO", "--without-gossip",
          "--without-mingle", *extra],
-        cwd=ROOT, env=os.environ.copy(), stdout=log, stderr=subprocess.STDOUT,
+        cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
     )
 
 
