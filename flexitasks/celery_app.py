@@ -103,8 +103,13 @@ def _sentinel(url: str, s: Settings) -> dict[str, Any]:
 
 
 def _result_transport(s: Settings) -> dict[str, Any]:
+    """A Sentinel result backend: its master, and a result write retried through a failover
+    (Celery gives up at once by default, losing the answer of a task that ran)."""
     options = _sentinel(s.celery.result_backend, s)
-    return {"result_backend_transport_options": options} if options else {}
+    if not options:
+        return {}
+    return {"result_backend_transport_options": options, "result_backend_always_retry": True,
+            "result_backend_max_retries": 30, "result_backend_base_sleep_between_retries_ms": 100}
 
 
 class FlexitasksApp(Celery):

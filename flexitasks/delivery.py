@@ -100,10 +100,10 @@ class AnswerKeeper:
     """Answers and delivery counts in the flexitasks Redis (``sync.redis_url``)."""
 
     def __init__(self, settings: Settings) -> None:
+        from flexitasks.redis_connect import sync_client
+
         s = settings.sync
-        self.client = redis.Redis.from_url(
-            s.redis_url, socket_timeout=s.socket_timeout, socket_connect_timeout=s.socket_timeout
-        )
+        self.client = sync_client(s)  # a single Redis, Sentinel's master or a Cluster
         self.prefix = s.key_prefix
         self.ttl = visibility_timeout(settings) + ANSWER_MARGIN
         self.max_deliveries = settings.celery.max_redeliveries + 1

@@ -31,6 +31,7 @@ from flexitasks.breaker.store import BreakerState
 from flexitasks.devredis import server_binary
 from flexitasks.fleet import fleet_status as _fleet_status
 from flexitasks.harness import free_port, wait_until
+from flexitasks.sync.views import read_views
 
 pytestmark = pytest.mark.usefixtures("worker")
 
@@ -383,9 +384,7 @@ def _start_redis(port: int) -> subprocess.Popen[bytes]:
 
 
 def _views_in(client: redis.Redis, node: str) -> list[dict[str, Any]]:
-    keys = list(client.scan_iter(match=f"{KEY_PREFIX}:proc:*", count=500))
-    views = [json.loads(raw) for raw in client.mget(keys) if raw] if keys else []
-    return [v for v in views if v.get("node") == node]
+    return [v for v in read_views(client, KEY_PREFIX).processes if v.get("node") == node]
 
 
 def _agree_in(
