@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test lint bench clean
+.PHONY: install demo test lint bench soak clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -26,6 +26,9 @@ lint: $(STAMP)
 
 test: $(STAMP) lint
 	$(BIN)/python -m flexitasks.devredis -- $(BIN)/python -m pytest -q
+
+soak: $(STAMP)   # the flood test at 100,000 tasks (about 15 min here)
+	FLEXITASKS_FLOOD_TASKS=100000 $(BIN)/python -m pytest -q -s tests/test_e2e_flood.py
 
 bench: $(STAMP)
 	$(BIN)/python -m pip install -q -e ".[dev,bench]" || echo "bench extra (litellm, py-spy) not installed: its rows are left out"

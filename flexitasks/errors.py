@@ -44,7 +44,20 @@ class ContentRejected(RequestRejected):
 
 
 class AllProvidersFailed(FlexitasksError):
-    """Every eligible provider failed; the message lists each provider's last error."""
+    """Every eligible provider failed; the message lists each provider's last error.
+
+    Its ``attempts`` travel with it through the result backend (as plain dicts, the second
+    of its args: Celery rebuilds an exception from its args), so a producer can count the
+    calls of a failed request as it counts an answered one's.
+    """
+
+    def __init__(self, message: object = "", attempts: Sequence[Any] = (), /, **kwargs: Any) -> None:
+        super().__init__(message, attempts=kwargs.get("attempts", attempts))
+        plain = [a.model_dump() if hasattr(a, "model_dump") else a for a in self.attempts]
+        self.args = (self.args[0], plain)
+
+    def __str__(self) -> str:
+        return str(self.args[0])
 
 
 class RequestExpired(FlexitasksError):

@@ -18,6 +18,7 @@ import functools
 import hmac
 import json
 import os
+import random
 import re
 import signal
 import socket
@@ -66,6 +67,12 @@ class Fault(BaseModel):
     paths: list[Literal["/v1/chat/completions", "/v1/messages"]] | None = None
     message: str | None = Field(None, max_length=2000)
     """The error's message text instead of the default (e.g. a provider echoing a key)."""
+    chance: float = Field(1.0, gt=0, le=1)
+    """Probability that a request gets this fault, the others answered normally (random faults
+    for floods; ``count`` is then not used)."""
+    mix: list[Fault] | None = None
+    """Random faults: each request takes the first entry whose ``chance`` it draws (cumulative,
+    in order; their sum at most 1), else is answered normally. The other fields are then unused."""
     reject_params: list[str] | None = None
     """Body keys answered with 400 "Unsupported parameter", as newer models do for ``max_tokens``
     and some compatible servers for ``stream_options``."""
@@ -125,7 +132,11 @@ class _State:
             fault = self.fault
             if fault is None or (fault.paths is not None and path not in fault.paths):
                 return None
-            if self.remaining is not None:
+            if fault.mix is not None or fault.chance < 1:
+                fault = _draw(fault)
+                if fault is None:
+                    return None
+            elif self.remaining is not None:
                 self.remaining -= 1
                 if self.remaining <= 0:
                     self.fault = self.remaining = None
@@ -154,6 +165,16 @@ class _State:
     def requests(self, since: int) -> list[dict[str, Any]]:
         with self.lock:
             return [dict(e) for e in self.log if e["seq"] > since]
+
+
+def _draw(fault: Fault) -> Fault | None:
+    """One random draw: ``fault`` itself with probability ``chance``, or an entry of ``mix``."""
+    r = random.random()
+    for option in fault.mix if fault.mix is not None else [fault]:
+        if r < option.chance:
+            return option
+        r -= option.chance
+    return None
 
 
 def _rid(prefix: str) -> str:
