@@ -165,10 +165,29 @@ class Outcome:
     missed: int  # (transition, process) pairs never applied
     calls_per_s: float
     by_kind: dict[str, list[float]]  # flexitasks: "trip" / "reset" latencies
+    memory: dict[str, float] | None = None  # per process, MB (``memory=True``): rss, pss, uss
+
+
+def process_memory(pids: list[int]) -> dict[str, float]:
+    """Mean RSS, PSS and USS (private pages) per process in MB, from /proc/<pid>/smaps_rollup:
+    PSS shares each page among the processes mapping it (forked workers share the SDKs)."""
+    totals = {"rss": 0.0, "pss": 0.0, "uss": 0.0}
+    for pid in pids:
+        fields: dict[str, float] = {}
+        with open(f"/proc/{pid}/smaps_rollup") as f:
+            for line in f:
+                name, _, rest = line.partition(":")
+                if rest.strip().endswith("kB"):
+                    fields[name] = float(rest.split()[0]) / 1024
+        totals["rss"] += fields.get("Rss", 0.0)
+        totals["pss"] += fields.get("Pss", 0.0)
+        totals["uss"] += fields.get("Private_Clean", 0.0) + fields.get("Private_Dirty", 0.0)
+    return {k: v / max(1, len(pids)) for k, v in totals.items()}
 
 
 def _measure(
-    system: str, n: int, mode: str, transitions: int, fakes: Fakes, switch: float = 0.0, quiet: bool = False
+    system: str, n: int, mode: str, transitions: int, fakes: Fakes, switch: float = 0.0, quiet: bool = False,
+    memory: bool = False,
 ) -> Outcome:
     raw = system == "raw"
     busy = mode != "idle"
@@ -184,7 +203,8 @@ def _measure(
     sent: dict[int, tuple[float, str]] = {}
     try:
         with pool(n, target, busy, last, stop, switch, quiet) as workers:
-            workers.gather("ready", timeout=120)
+            pids = workers.gather("ready", timeout=max(120, 2 * n))
+            mem = process_memory(pids) if memory else None
             workers.send_all(("go",))
             time.sleep(0.3)
             started = time.monotonic()
@@ -233,7 +253,7 @@ def _measure(
         name += f" [switchinterval {switch * 1000:g} ms]"
     if quiet:
         name += " [no heartbeat on change]"
-    return Outcome(name, n, mode, latencies, fleet, missed, calls / elapsed, by_kind)
+    return Outcome(name, n, mode, latencies, fleet, missed, calls / elapsed, by_kind, mem)
 
 
 def _p(values: list[float], q: float) -> float:

@@ -31,6 +31,7 @@ from benchmarks import (
     outage_probes,
     overhead,
     propagation,
+    scale,
     streaming,
     wasted_calls,
 )
@@ -38,6 +39,7 @@ from benchmarks.common import LOG_FORMAT, Fakes, Table, delete_prefix, log, redi
 
 BENCHMARKS: dict[str, tuple[str, Callable[..., list[Table]]]] = {
     "propagation": ("Propagation", propagation.run),
+    "scale": ("Propagation at 64 and 128 processes, memory per process", scale.run),
     "wasted_calls": ("Wasted calls", wasted_calls.run),
     "outage_probes": ("Probes during an outage", outage_probes.run),
     "cost": ("Redis cost per call", cost.run),
