@@ -299,7 +299,8 @@ local secret = ARGV[16]
 local skey, wkey = KEYS[1], KEYS[2]
 -- The deployment (key_prefix) the state key belongs to: named in every event, so processes
 -- of another deployment sharing the channel drop it.
-local deployment = string.sub(skey, 1, #skey - #(':breaker:' .. provider))
+-- The state key is '{' .. key_prefix .. ':' .. provider .. '}:breaker' (flexitasks/keys.py).
+local deployment = string.sub(skey, 2, #skey - #(':' .. provider .. '}:breaker'))
 local s = load_state(skey)
 local w = load_window(wkey)
 local granted, transitioned, dirty = false, false, false

@@ -20,6 +20,7 @@ from celery.result import AsyncResult
 
 from flexitasks.celery_app import app
 from flexitasks.per_process import PerProcess
+from flexitasks.redis_connect import connect
 from flexitasks.streaming.events import STREAM_HEADER, Replay, decode, stream_key
 
 POLL = 1.0
@@ -37,14 +38,16 @@ def _sync_settings() -> Any:
 _readers: PerProcess[dict[tuple[str, float], redis.Redis]] = PerProcess(dict)
 
 
-def _reader(url: str, socket_timeout: float) -> redis.Redis:
-    """This process's blocking reader client for ``url`` (XREAD BLOCK holds a connection
-    of its pool per stream being read)."""
+def _reader(sync: Any) -> redis.Redis:
+    """This process's blocking reader client of the ``[sync]`` Redis (XREAD BLOCK holds a
+    connection of its pool per stream being read; a single Redis, Sentinel's master or a Cluster)."""
     readers = _readers.get()
-    client = readers.get((url, socket_timeout))
+    key = (sync.redis_url, sync.socket_timeout)
+    client = readers.get(key)
     if client is None:
-        client = redis.Redis.from_url(url, socket_timeout=POLL + socket_timeout, socket_connect_timeout=socket_timeout)
-        client = readers.setdefault((url, socket_timeout), client)
+        client = connect(sync.redis_url, socket_timeout=POLL + sync.socket_timeout, master_name=sync.master_name,
+                         cluster=sync.cluster)
+        client = readers.setdefault(key, client)
     return client
 
 
@@ -82,7 +85,7 @@ def stream_chat(messages: list[dict[str, Any]], *, timeout: float | None = None,
     ``tool_call`` events and ``done`` (with the task's result) last. ``timeout``: seconds
     for the whole answer, then ``celery.exceptions.TimeoutError`` as ``get(timeout)`` raises."""
     sync = _sync_settings()
-    client = _reader(sync.redis_url, sync.socket_timeout)
+    client = _reader(sync)
     result = enqueue(messages, options)
     return ChatStream(result, client, stream_key(sync.key_prefix, result.id), timeout)
 

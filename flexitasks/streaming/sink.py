@@ -27,6 +27,7 @@ from redis.retry import Retry
 
 from flexitasks.config import Settings
 from flexitasks.per_process import PerProcess
+from flexitasks.redis_connect import connect
 from flexitasks.streaming.events import STREAM_HEADER, stream_key
 from flexitasks.streaming.writer import StreamWriter
 
@@ -38,13 +39,19 @@ class StreamTarget:
     redis_url: str
     key_prefix: str
     socket_timeout: float = 2.0
+    master_name: str | None = None  # sentinel:// URLs
+    cluster: bool = False
 
     @classmethod
     def of(cls, settings: Settings) -> StreamTarget:
-        return cls(settings.sync.redis_url, settings.sync.key_prefix, settings.sync.socket_timeout)
+        s = settings.sync
+        return cls(s.redis_url, s.key_prefix, s.socket_timeout, s.master_name, s.cluster)
 
 
 def _new_writer(target: StreamTarget) -> StreamWriter:
+    if target.redis_url.startswith("sentinel://") or target.cluster:  # Sentinel's master or a Cluster
+        return StreamWriter(connect(target.redis_url, socket_timeout=target.socket_timeout,
+                                    master_name=target.master_name, cluster=target.cluster))
     # One quick retry, no backoff: a stream is live or useless, and a writer that waits seconds
     # per batch for a Redis that is down only piles up entries nobody will read.
     client = redis.Redis.from_url(target.redis_url, socket_timeout=target.socket_timeout,
