@@ -24,12 +24,12 @@ _holders: dict[int, PerProcess[Built]] = {}
 
 
 def build(settings: Settings) -> Built:
-    from flexitasks.fleet import redis_client
+    from flexitasks.redis_connect import sync_client
 
     s = settings.sync
     prices = {p.name: Price(p.price.input_per_million, p.price.output_per_million)
               for p in settings.providers if p.price is not None}
-    return MetricsRecorder(redis_client(s.redis_url, s.socket_timeout), s.key_prefix), prices
+    return MetricsRecorder(sync_client(s), s.key_prefix), prices  # single Redis, Sentinel or Cluster
 
 
 def _for(app: Any) -> Built:
