@@ -27,9 +27,9 @@ from flexitasks import chat_task
 from flexitasks.breaker.redis_store import RedisBreakerStore
 from flexitasks.breaker.store import BreakerState
 from flexitasks.config import Settings
-from flexitasks.fleet import fleet_status
+from flexitasks.fleet import fleet_status, reader_for
 from flexitasks.harness import wait_until
-from flexitasks.metrics import render
+from flexitasks.metrics.exporter import render
 from flexitasks.redis_connect import sync_client
 
 pytestmark = [
@@ -123,7 +123,11 @@ def test_a_trip_on_the_cluster_reaches_every_process_and_status_reads_every_node
     assert cli["providers"]["primary"]["state"] == "forced_open"
     assert cli["providers"]["secondary"]["state"] == "closed"
     assert sum(p.get("node") == NODE for p in cli["processes"]) == PROCESSES
-    metrics = render(lambda: fleet_status(on_cluster))
+    reader = reader_for(on_cluster)
+    try:
+        metrics = render(reader)
+    finally:
+        reader.client.close()
     assert 'flexitasks_breaker_state{provider="primary",state="forced_open"} 1.0' in metrics
     assert 'flexitasks_breaker_lagging_processes{provider="primary"} 0.0' in metrics
 
