@@ -29,6 +29,7 @@ from typing import Any
 from benchmarks import BASE_URLS, CONFIG_PATH, PRIMARY
 from benchmarks.common import Fakes, Table, ms, percentile
 from flexitasks.fake_provider import FakeProviderAdmin
+from flexitasks.harness import stop_process
 
 ROOT = Path(__file__).resolve().parent.parent
 QUEUE_DEADLINE = 120.0
@@ -56,15 +57,6 @@ def _start_worker() -> subprocess.Popen[bytes]:
          "-n", f"{NODE}@%h", "--loglevel", "WARNING", "--without-gossip", "--without-mingle"],
         cwd=ROOT, env=env, stdout=log_file, stderr=subprocess.STDOUT,
     )
-
-
-def _stop(proc: subprocess.Popen[bytes]) -> None:
-    proc.terminate()
-    try:
-        proc.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
 
 
 def _one_stream() -> tuple[float, float, float]:
@@ -209,7 +201,7 @@ def _measure(quick: bool) -> list[Table]:
         _wait_for_worker(proc)
         return [_first_token(admin, 50 if quick else 200), _asyncio(1000, 100 if quick else 200)]
     finally:
-        _stop(proc)
+        stop_process(proc, timeout=30)
         admin.close()
 
 

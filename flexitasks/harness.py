@@ -1,4 +1,5 @@
-"""Small helpers for running flexitasks locally: a free port, polling for a condition.
+"""Small helpers for running flexitasks locally: a free port, polling for a condition,
+stopping a child process.
 
 Shared by the tests, the benchmarks and the demo (which ships in the package, hence
 this module lives here). Owns nothing of the product's behaviour; imports only the
@@ -9,9 +10,10 @@ from __future__ import annotations
 
 import random
 import socket
+import subprocess
 import time
 from collections.abc import Callable
-from typing import TypeVar
+from typing import Any, TypeVar
 
 T = TypeVar("T")
 
@@ -62,3 +64,13 @@ def wait_until(
                 raise TimeoutError(f"timed out after {timeout} s waiting for {what}; last seen: {value!r}")
             return None
         time.sleep(interval)
+
+
+def stop_process(proc: subprocess.Popen[Any], timeout: float) -> None:
+    """Terminate our own child ``proc`` (by handle); kill it if it has not exited after ``timeout`` s."""
+    proc.terminate()
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()

@@ -37,7 +37,6 @@ from flexitasks.redact import redact
 DEFAULT_MAX_REQUEST_BYTES = 20 * 1024 * 1024
 NAME_PATTERN = r"^[A-Za-z0-9_-]{1,64}$"  # OpenAI's rule for tool and schema names; Anthropic's is the same
 DATA_URL = re.compile(r"^data:(image/(?:png|jpeg|gif|webp));base64,(.*)$", re.DOTALL)
-IMAGE_MEDIA_TYPES = ("image/png", "image/jpeg", "image/gif", "image/webp")
 
 # Tags of the unions below. They contain a space so the error formatter can drop them
 # from error locations (pydantic puts the chosen tag into ``loc``).

@@ -18,13 +18,20 @@ import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 import redis
 
 from flexitasks import app
 from flexitasks.config import Settings
-from flexitasks.harness import free_port, wait_until
+from flexitasks.harness import free_port, stop_process, wait_until
+
+if TYPE_CHECKING:
+    import anthropic
+    import openai
+
+    from flexitasks.fake_provider import FakeProvider
 
 REDIS_HOST = os.environ.get("FLEXITASKS_TEST_REDIS_HOST", "127.0.0.1")
 REDIS_PORT = int(os.environ.get("FLEXITASKS_TEST_REDIS_PORT", "6379"))
@@ -192,12 +199,7 @@ def wait_for_worker(name: str, timeout: float = 60.0) -> None:
 
 
 def stop_worker(proc: subprocess.Popen[bytes]) -> None:
-    proc.terminate()
-    try:
-        proc.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
+    stop_process(proc, timeout=20)
 
 
 @pytest.fixture(scope="session")
@@ -223,3 +225,49 @@ def clean(fakes: dict[str, object], redis_client: redis.Redis) -> Iterator[dict[
         store.force(p.name, SETTINGS.breaker_policy(p), BreakerState.CLOSED)
     time.sleep(0.1)
     yield fakes
+
+
+@contextlib.contextmanager
+def scratch_redis(prefix: str) -> Iterator[redis.Redis]:
+    """A client of the leased DB (a hung command fails after 5 s); every key under
+    ``prefix`` is deleted afterwards."""
+    require_redis()
+    client = redis.Redis.from_url(REDIS_URL, socket_timeout=5)
+    try:
+        yield client
+    finally:
+        delete_prefix(client, prefix)
+        client.close()
+
+
+# ---------------------------------------------------------- one in-process fake provider per module
+
+
+@pytest.fixture(scope="module")
+def fake() -> Iterator[FakeProvider]:
+    """The module's own fake provider, named "fake" (a module overrides this for another name)."""
+    from flexitasks.fake_provider import FakeProvider
+
+    with FakeProvider(name="fake") as provider:
+        yield provider
+
+
+@pytest.fixture()
+def fp(fake: FakeProvider) -> FakeProvider:
+    """The module's fake provider, reset to healthy with zeroed counters."""
+    fake.admin.reset()
+    return fake
+
+
+@pytest.fixture()
+def oai(fp: FakeProvider) -> openai.OpenAI:
+    import openai
+
+    return openai.OpenAI(api_key="sk-test", base_url=fp.openai_base_url, max_retries=0, timeout=5)
+
+
+@pytest.fixture()
+def ant(fp: FakeProvider) -> anthropic.Anthropic:
+    import anthropic
+
+    return anthropic.Anthropic(api_key="sk-ant", base_url=fp.anthropic_base_url, max_retries=0, timeout=5)

@@ -19,7 +19,7 @@ from typing import Any, ClassVar
 
 import pytest
 import redis
-from conftest import REDIS_URL, delete_prefix, require_redis
+from conftest import delete_prefix, scratch_redis
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import (
@@ -68,13 +68,8 @@ POLICIES = (
 
 @pytest.fixture
 def redis_client() -> Iterator[redis.Redis]:
-    require_redis()
-    client = redis.Redis.from_url(REDIS_URL, socket_timeout=5)
-    try:
+    with scratch_redis(RUN_PREFIX) as client:
         yield client
-    finally:
-        delete_prefix(client, RUN_PREFIX)
-        client.close()
 
 
 class BreakerModel(RuleBasedStateMachine):

@@ -20,12 +20,12 @@ import pytest
 from flexitasks.breaker.permit import Permit
 from flexitasks.config import ProviderSettings, RetrySettings
 from flexitasks.errors import AllProvidersFailed, ContentRejected, RequestRejected
-from flexitasks.failover.classify import classify, parse_retry_after, retry_after_from
 from flexitasks.failover.policy import Action, backoff_wait, default_policy
 from flexitasks.failover.router import ADMIT_GRACE, INLINE_PAUSE_MAX, ComeBackLater, Router, RunState, resume_state
 from flexitasks.failures import FailureKind, ProviderFailure
 from flexitasks.models import ChatRequest, ChatResult
 from flexitasks.providers.base import Completion
+from flexitasks.providers.classify import classify, parse_retry_after, retry_after_from
 from flexitasks.providers.deadlines import TAIL_GRACE, StreamWatch, http_timeout
 
 RETRY = RetrySettings(

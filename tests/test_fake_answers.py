@@ -4,7 +4,6 @@ official SDKs (their own stream accumulators check the event shapes)."""
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 
 import anthropic
 import openai
@@ -21,27 +20,6 @@ ASK = [{"role": "user", "content": "weather in Oslo"}]
 SCHEMA = {"type": "object", "properties": {"label": {"enum": ["spam", "ham"]}, "tags": {
     "type": "array", "items": {"type": "string"}}}, "required": ["label", "tags"]}
 PNG = "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNk+M9QDwADhgGAWjR9awAAAABJRU5ErkJggg=="
-
-
-@pytest.fixture(scope="module")
-def fp() -> Iterator[FakeProvider]:
-    with FakeProvider(name="fake") as provider:
-        yield provider
-
-
-@pytest.fixture(autouse=True)
-def _clean(fp: FakeProvider) -> None:
-    fp.admin.reset()
-
-
-@pytest.fixture
-def oai(fp: FakeProvider) -> openai.OpenAI:
-    return openai.OpenAI(api_key="sk-test", base_url=fp.openai_base_url, max_retries=0, timeout=5)
-
-
-@pytest.fixture
-def ant(fp: FakeProvider) -> anthropic.Anthropic:
-    return anthropic.Anthropic(api_key="sk-ant", base_url=fp.anthropic_base_url, max_retries=0, timeout=5)
 
 
 def test_openai_tool_call_streamed_and_not(oai: openai.OpenAI) -> None:

@@ -26,24 +26,9 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
-def fp() -> Iterator[FakeProvider]:
-    with FakeProvider(name="primary") as provider:
+def fake() -> Iterator[FakeProvider]:
+    with FakeProvider(name="primary") as provider:  # its answers start "primary: "
         yield provider
-
-
-@pytest.fixture(autouse=True)
-def _clean(fp: FakeProvider) -> None:
-    fp.admin.reset()
-
-
-@pytest.fixture
-def oai(fp: FakeProvider) -> openai.OpenAI:
-    return openai.OpenAI(api_key="sk-test", base_url=fp.openai_base_url, max_retries=0, timeout=5)
-
-
-@pytest.fixture
-def ant(fp: FakeProvider) -> anthropic.Anthropic:
-    return anthropic.Anthropic(api_key="sk-ant", base_url=fp.anthropic_base_url, max_retries=0, timeout=5)
 
 
 def _chat(client: openai.OpenAI, **kw: object) -> openai.types.chat.ChatCompletion:

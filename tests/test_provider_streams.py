@@ -34,18 +34,6 @@ REQUEST = ChatRequest.parse(
 LIMITS = {"timeout": 10.0, "connect_timeout": 1.0, "first_token_timeout": 1.0, "stall_timeout": 1.0}
 
 
-@pytest.fixture(scope="module")
-def fake() -> Iterator[FakeProvider]:
-    with FakeProvider(name="fake") as fp:
-        yield fp
-
-
-@pytest.fixture()
-def fp(fake: FakeProvider) -> FakeProvider:
-    fake.admin.reset()
-    return fake
-
-
 def adapter(fp: FakeProvider | str, kind: str = "openai", **extra: Any) -> Any:
     """The real adapter of ``kind`` for a fake provider, or for a server's base URL."""
     url = fp if isinstance(fp, str) else fp.anthropic_base_url if kind == "anthropic" else fp.openai_base_url

@@ -31,7 +31,6 @@ from flexitasks import capabilities
 from flexitasks.breaker.permit import BreakerGate, Permit
 from flexitasks.config import ProviderSettings
 from flexitasks.errors import AllProvidersFailed, ContentRejected, FlexitasksError, InvalidRequest, RequestRejected
-from flexitasks.failover.classify import classify
 from flexitasks.failover.policy import Action, Decision, FailoverPolicy
 from flexitasks.failures import FailureKind, ProviderFailure
 from flexitasks.limits import balance
@@ -39,6 +38,7 @@ from flexitasks.limits.limiter import Limiter, Slot, estimate_tokens
 from flexitasks.models import Attempt, ChatRequest, ChatResult, Outcome, Usage
 from flexitasks.output import Answer, read_answer
 from flexitasks.providers.base import Completion, ProviderAdapter
+from flexitasks.providers.classify import classify
 
 log = logging.getLogger(__name__)
 

@@ -4,8 +4,8 @@ Turns whatever the official SDKs (or their HTTP layer, mid-stream) raise, and th
 events providers send inside a stream, into a ``ProviderFailure`` with a ``FailureKind``
 (both in ``flexitasks.failures``). The failover policy reads only the kind; nothing else in
 flexitasks inspects SDK exceptions. Imports no SDK: it checks only the exception classes
-of SDKs the process has already loaded. Pure: no I/O. (``failover.classify`` re-exports it:
-it lives beside the adapters, so providers/ never imports failover/.)
+of SDKs the process has already loaded. Pure: no I/O. It lives beside the adapters, so
+providers/ never imports failover/; the router imports it from here.
 """
 
 from __future__ import annotations

@@ -31,8 +31,8 @@ from redis.exceptions import RedisError
 
 from flexitasks.celery_app import app
 from flexitasks.errors import ConfigError
-from flexitasks.streaming.client import BATCH, POLL, chat_task
-from flexitasks.streaming.events import STREAM_HEADER, Replay, decode, stream_key
+from flexitasks.streaming.client import BATCH, POLL, block_ms, chat_task, read_entries, time_left
+from flexitasks.streaming.events import STREAM_HEADER, Replay, stream_key
 
 log = logging.getLogger(__name__)
 
@@ -198,32 +198,18 @@ async def astream_chat(
     task_id = await _send(messages, options, stream=True)
     key, replay, last = stream_key(clients.prefix, task_id), Replay(), "0-0"
 
-    def left() -> float | None:
-        if deadline is None:
-            return None
-        remaining = deadline - loop.time()
-        if remaining <= 0:
-            raise CeleryTimeoutError("The operation timed out.")
-        return remaining
-
     while True:
-        remaining = left()
-        block = POLL if remaining is None else min(POLL, remaining)
-        reply = await clients.streams.xread({key: last}, count=BATCH, block=max(1, int(block * 1000)))
+        reply = await clients.streams.xread({key: last}, count=BATCH, block=block_ms(time_left(deadline, loop.time())))
         if not reply:
             ready, value = await clients.results.peek(task_id)
             if ready:
                 yield {"type": "done", "result": value}
                 return
             continue
-        entries = []
-        for _stream, items in reply:
-            for entry_id, fields in items:
-                last = entry_id
-                entries.append(decode(fields))
+        last, entries = read_entries(reply, last)
         for event in replay.feed(entries):
             yield event
         if replay.failed:
-            yield {"type": "done", "result": await clients.results.wait(task_id, left())}
+            yield {"type": "done", "result": await clients.results.wait(task_id, time_left(deadline, loop.time()))}
         if replay.finished:
             return

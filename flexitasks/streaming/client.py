@@ -1,7 +1,8 @@
 """``stream_chat``: enqueue a chat task and yield its answer as the provider produces it.
 
 Owns the blocking reader of a task's stream (XREAD BLOCK from id 0, so no entry written
-before the first read is lost) and the caller's view of it (``events.Replay``). Errors
+before the first read is lost), the caller's view of it (``events.Replay``), and the
+steps of a read that ``aio.py``'s reader takes too (deadline, BLOCK, entries of a reply). Errors
 are those of ``AsyncResult.get()``: when the stream says the task failed, or when it
 stays silent while the task's result is already stored (entries lost to a Redis
 outage, a worker without streaming), the result backend has the last word.
@@ -90,13 +91,31 @@ def stream_chat(messages: list[dict[str, Any]], *, timeout: float | None = None,
     return ChatStream(result, client, stream_key(sync.key_prefix, result.id), timeout)
 
 
-def _left(deadline: float | None) -> float | None:
+def time_left(deadline: float | None, now: float) -> float | None:
+    """Seconds until ``deadline`` (None: no deadline); past it, the ``TimeoutError`` that
+    ``AsyncResult.get(timeout)`` raises. Shared by the blocking and the asyncio reader."""
     if deadline is None:
         return None
-    left = deadline - time.monotonic()
+    left = deadline - now
     if left <= 0:
         raise CeleryTimeoutError("The operation timed out.")
     return left
+
+
+def block_ms(left: float | None) -> int:
+    """XREAD's BLOCK with ``left`` seconds to go: ``POLL`` at most, 1 ms at least."""
+    block = POLL if left is None else min(POLL, left)
+    return max(1, int(block * 1000))
+
+
+def read_entries(reply: Any, last: str) -> tuple[str, list[dict[str, Any]]]:
+    """The id to read on from and the decoded entries of an XREAD reply."""
+    entries = []
+    for _stream, items in reply:
+        for entry_id, fields in items:
+            last = entry_id
+            entries.append(decode(fields))
+    return last, entries
 
 
 def _follow(
@@ -104,22 +123,16 @@ def _follow(
 ) -> Iterator[dict[str, Any]]:
     replay, last = replay or Replay(), "0-0"
     while True:
-        left = _left(deadline)
-        block = POLL if left is None else min(POLL, left)
-        reply = client.xread({key: last}, count=BATCH, block=max(1, int(block * 1000)))
+        reply = client.xread({key: last}, count=BATCH, block=block_ms(time_left(deadline, time.monotonic())))
         if not reply:
             if result.ready():  # the stream went quiet but the task is over: its result decides
                 yield {"type": "done", "result": result.get(propagate=True)}
                 return
             continue
-        entries = []
-        for _stream, items in reply:
-            for entry_id, fields in items:
-                last = entry_id
-                entries.append(decode(fields))
+        last, entries = read_entries(reply, last)
         yield from replay.feed(entries)
         if replay.failed:
-            value = result.get(timeout=_left(deadline), propagate=True)  # raises the task's error
+            value = result.get(timeout=time_left(deadline, time.monotonic()), propagate=True)  # raises the task's error
             yield {"type": "done", "result": value}
         if replay.finished:
             return
