@@ -65,13 +65,19 @@ def test_a_stall_or_a_silent_provider_is_still_the_providers_fault():
     assert failure is not None and "first token" in failure.message and failure.blames_provider
 
 
-def half_open_gate() -> tuple[FleetGate, MemoryBreakerStore, Clock]:
+def fleet_gate() -> tuple[FleetGate, MemoryBreakerStore, Mirror, Clock]:
+    """A gate over a memory store (breaker "p" closed) on a fake clock."""
     clock = Clock()
     store = MemoryBreakerStore(clock=clock)
     mirror = Mirror(["p"], clock=clock)
     gate = FleetGate(store, mirror, {"p": POLICY})
     gate.set_degraded(False)
     mirror.load(store.snapshot(["p"]))
+    return gate, store, mirror, clock
+
+
+def half_open_gate() -> tuple[FleetGate, MemoryBreakerStore, Clock]:
+    gate, store, mirror, clock = fleet_gate()
     gate.failed(gate.admit("p"), BOOM)  # threshold 1: open
     assert mirror.get("p").snapshot.state is BreakerState.OPEN
     clock.now += 11.0  # past the recovery timeout: the next caller would be the probe
@@ -99,12 +105,7 @@ def test_a_probe_cut_by_our_own_limit_neither_closes_nor_reopens_the_breaker():
 
 
 def test_a_call_cut_by_our_own_limit_is_not_counted():
-    clock = Clock()
-    store = MemoryBreakerStore(clock=clock)
-    mirror = Mirror(["p"], clock=clock)
-    gate = FleetGate(store, mirror, {"p": POLICY})
-    gate.set_degraded(False)
-    mirror.load(store.snapshot(["p"]))
+    gate, store, _, _ = fleet_gate()
     for _ in range(3):
         gate.failed(gate.admit("p"), ProviderFailure(FailureKind.TIMEOUT, "cut", ours=True))
     snap = store.snapshot(["p"])["p"]

@@ -1,5 +1,5 @@
-"""Units of the breaker sync: event validation (``sync/events.py``) and the local
-mirror's rules (``sync/mirror.py``): stale generations are ignored, a snapshot
+"""Units of the breaker sync: event validation (``breaker/schema.py``) and the local
+mirror's rules (``breaker/mirror.py``): stale generations are ignored, a snapshot
 replaces everything. One test reads events the real Lua script publishes."""
 
 from __future__ import annotations
