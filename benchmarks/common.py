@@ -338,6 +338,23 @@ class LabelledGate:
         return getattr(self.inner, name)
 
 
+def bench_router(gate: Any, primary: Any | None = None) -> Any:
+    """A ``Router`` over the benchmark's providers as ``flexitasks.runtime`` builds it, behind
+    ``gate``; ``primary`` (a ``TimedAdapter``, say) stands in for the primary's adapter."""
+    from flexitasks.failover.policy import default_policy
+    from flexitasks.failover.router import Router
+    from flexitasks.providers import build_adapter
+
+    return Router(
+        providers=settings.providers,
+        adapters={p.name: primary if primary is not None and p.name == PRIMARY else build_adapter(p)
+                  for p in settings.providers},
+        gate=gate,
+        policy=default_policy(settings.retry),
+        request_timeout=settings.retry.request_timeout,
+    )
+
+
 def chat_request(*providers: str) -> Any:
     from flexitasks.models import ChatRequest
 

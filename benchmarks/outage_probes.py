@@ -33,6 +33,7 @@ from benchmarks.common import (
     LabelledGate,
     Table,
     TimedAdapter,
+    bench_router,
     chat_request,
     log,
     ms,
@@ -45,8 +46,6 @@ from benchmarks.common import (
 from flexitasks.breaker.redis_store import RedisBreakerStore
 from flexitasks.breaker.store import BreakerState
 from flexitasks.errors import FlexitasksError
-from flexitasks.failover.policy import default_policy
-from flexitasks.failover.router import Router
 from flexitasks.providers import build_adapter
 
 PROCESSES = 16
@@ -67,13 +66,7 @@ def _worker(index: int, conn: Connection, stop: Any, recovery: float, max_recove
     sync.mirror.listeners.insert(0, on_apply)
     gate = LabelledGate(sync)
     primary = TimedAdapter(build_adapter(settings.provider(PRIMARY)), gate.label)
-    router = Router(  # as flexitasks.runtime builds it, with the primary's sends recorded
-        providers=settings.providers,
-        adapters={p.name: primary if p.name == PRIMARY else build_adapter(p) for p in settings.providers},
-        gate=gate,
-        policy=default_policy(settings.retry),
-        request_timeout=settings.retry.request_timeout,
-    )
+    router = bench_router(gate, primary)  # the primary's sends recorded
     request = chat_request()
     router.run(request)  # build the SDK clients before the outage
     conn.send(("ready", os.getpid()))

@@ -41,6 +41,7 @@ from benchmarks.common import (
     CTX,
     Fakes,
     Table,
+    bench_router,
     chat_request,
     log,
     ms,
@@ -114,9 +115,6 @@ def _raw_worker(
     index: int, conn: Connection, busy: bool, last: Any, stop: Any, switch: float, quiet: bool
 ) -> None:
     from flexitasks.breaker.permit import OpenGate
-    from flexitasks.failover.policy import default_policy
-    from flexitasks.failover.router import Router
-    from flexitasks.providers import build_adapter
 
     if switch:
         sys.setswitchinterval(switch)
@@ -140,13 +138,7 @@ def _raw_worker(
     thread.start()
     router = None
     if busy:  # the same HTTP load as flexitasks' busy workers, without any breaker
-        router = Router(
-            providers=settings.providers,
-            adapters={p.name: build_adapter(p) for p in settings.providers},
-            gate=OpenGate(),
-            policy=default_policy(settings.retry),
-            request_timeout=settings.retry.request_timeout,
-        )
+        router = bench_router(OpenGate())
     _warm(router)
     conn.send(("ready", os.getpid()))
     conn.recv()  # "go": no process loads the CPU while others still start

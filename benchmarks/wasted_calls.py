@@ -39,6 +39,7 @@ from benchmarks.common import (
     LabelledGate,
     Table,
     TimedAdapter,
+    bench_router,
     chat_request,
     log,
     median,
@@ -52,8 +53,6 @@ from benchmarks.common import (
 from flexitasks.breaker.redis_store import RedisBreakerStore
 from flexitasks.breaker.store import BreakerState
 from flexitasks.errors import FlexitasksError
-from flexitasks.failover.policy import default_policy
-from flexitasks.failover.router import Router
 from flexitasks.harness import wait_until
 from flexitasks.providers import build_adapter
 
@@ -82,13 +81,7 @@ def _worker(index: int, conn: Connection, stop: Any, open_wall: Any, open_store:
     gate = LabelledGate(sync)
     adapter = TimedAdapter(build_adapter(settings.provider(PRIMARY)), gate.label)
     sends = adapter.sends
-    router = Router(
-        providers=settings.providers,
-        adapters={p.name: adapter if p.name == PRIMARY else build_adapter(p) for p in settings.providers},
-        gate=gate,
-        policy=default_policy(settings.retry),
-        request_timeout=settings.retry.request_timeout,
-    )
+    router = bench_router(gate, adapter)
     request = chat_request(PRIMARY)
     adapter.inner.complete(request, 10.0)  # build the SDK client now, not during a run
     client = redis.Redis.from_url(REDIS_URL)
