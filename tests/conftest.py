@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import logging
 import os
 import socket
 import subprocess
@@ -238,6 +239,31 @@ def scratch_redis(prefix: str) -> Iterator[redis.Redis]:
     finally:
         delete_prefix(client, prefix)
         client.close()
+
+
+class _Records(logging.Handler):
+    def __init__(self, level: int) -> None:
+        super().__init__(level)
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+
+@contextlib.contextmanager
+def log_records(name: str, level: int = logging.DEBUG) -> Iterator[list[logging.LogRecord]]:
+    """The records of logger ``name`` at ``level`` and above meanwhile, caught on the logger
+    itself, enabled for the while: a dictConfig earlier in the session may have disabled
+    existing loggers or stopped their propagation (so ``caplog`` would see nothing)."""
+    logger, handler = logging.getLogger(name), _Records(level)
+    disabled, old_level = logger.disabled, logger.level
+    logger.disabled, logger.level = False, level
+    logger.addHandler(handler)
+    try:
+        yield handler.records
+    finally:
+        logger.removeHandler(handler)
+        logger.disabled, logger.level = disabled, old_level
 
 
 # ---------------------------------------------------------- one in-process fake provider per module

@@ -11,6 +11,7 @@ import random
 from collections import Counter
 
 import pytest
+from conftest import log_records
 from test_failover_units import RETRY, Clock, Gate, Requeue, Script, answer, failure, provider
 
 from flexitasks.failover.policy import default_policy
@@ -101,30 +102,14 @@ def test_a_failed_call_frees_its_lease_and_keeps_its_reservation() -> None:
     assert view.in_flight == 0 and view.used(policy)["tpm"] > 10
 
 
-class Records(logging.Handler):
-    def __init__(self) -> None:
-        super().__init__(logging.WARNING)
-        self.lines: list[str] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.lines.append(record.getMessage())
-
-
 def test_a_429_the_limiter_did_not_expect_is_logged_with_its_view() -> None:
     clock = Clock()
     router, _, _, _ = limited_router(clock, {"primary": LimitPolicy(rpm=600.0, burst=10.0)},
                                      [failure(FailureKind.RATE_LIMITED, retry_after=30.0)], [answer("secondary")])
-    logger, records = logging.getLogger("flexitasks.failover.router"), Records()
-    disabled, level = logger.disabled, logger.level  # whatever logging set-up ran earlier in the session
-    logger.disabled, logger.level = False, logging.WARNING
-    logger.addHandler(records)
-    try:
+    with log_records("flexitasks.failover.router", logging.WARNING) as records:
         assert router.run(REQUEST).provider == "secondary"
-    finally:
-        logger.removeHandler(records)
-        logger.disabled, logger.level = disabled, level
     expected = "provider primary answered 429 although its limits had room (limiter at admission: rpm 1.0/10 in use)"
-    assert expected in records.lines
+    assert expected in [r.getMessage() for r in records]
 
 
 def test_equal_priorities_share_first_tries_by_weight() -> None:

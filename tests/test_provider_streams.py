@@ -6,7 +6,6 @@ shapes the fake does not send, to a server replaying recorded SSE bytes). No wor
 from __future__ import annotations
 
 import json
-import logging
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -16,6 +15,7 @@ import anthropic
 import httpx2
 import openai
 import pytest
+from conftest import log_records
 
 from flexitasks.breaker.permit import OpenGate
 from flexitasks.config import ProviderSettings, RetrySettings
@@ -259,15 +259,6 @@ def test_billing_and_quota_errors_are_their_own_kind(exc: BaseException, expecte
         assert not failure.kind.blames_provider and not failure.kind.fails_request and failure.kind.needs_operator
 
 
-class _Records(logging.Handler):
-    def __init__(self) -> None:
-        super().__init__(logging.DEBUG)
-        self.records: list[logging.LogRecord] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.records.append(record)
-
-
 def test_billing_fails_over_at_once_logged_at_error_never_rejecting_the_request(fp: FakeProvider) -> None:
     with FakeProvider(name="backup") as backup:
         settings = [
@@ -277,21 +268,13 @@ def test_billing_fails_over_at_once_logged_at_error_never_rejecting_the_request(
         router = Router(settings, {p.name: build_adapter(p) for p in settings}, OpenGate(),
                         default_policy(RetrySettings(same_provider_backoff=0.01)), request_timeout=20.0)
         fp.admin.set_fault(status=400, error_code="credit_balance_too_low")
-        records, logger = _Records(), logging.getLogger("flexitasks.failover.router")
-        # On the logger itself, enabled: a dictConfig elsewhere in the session may have
-        # disabled existing loggers or stopped their propagation.
-        disabled, logger.disabled = logger.disabled, False
-        logger.addHandler(records)
-        try:
+        with log_records("flexitasks.failover.router") as records:
             result = router.run(REQUEST)
-        finally:
-            logger.removeHandler(records)
-            logger.disabled = disabled
     assert result.provider == "backup"
     assert [(a.provider, a.outcome) for a in result.attempts] == [("broke", "error"), ("backup", "ok")]
     assert result.attempts[0].error.startswith("billing 400: Your credit balance is too low")
     assert fp.admin.stats()["requests"] == 1  # no same-provider retry
-    assert [r.levelname for r in records.records if "broke" in r.getMessage()] == ["ERROR"]
+    assert [r.levelname for r in records if "broke" in r.getMessage()] == ["ERROR"]
 
 
 def test_a_billing_error_alone_is_not_a_rejected_request(fp: FakeProvider) -> None:

@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 import redis
-from conftest import WORKDIR, free_port
+from conftest import WORKDIR, free_port, log_records
 
 from flexitasks.breaker.gate import FleetGate
 from flexitasks.breaker.mirror import Mirror
@@ -68,26 +68,10 @@ def settings_for(port: int) -> Settings:
     })
 
 
-class Recorder(logging.Handler):
-    def __init__(self) -> None:
-        super().__init__(logging.DEBUG)
-        self.records: list[logging.LogRecord] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.records.append(record)
-
-
 @pytest.fixture()
-def sync_log(monkeypatch: pytest.MonkeyPatch) -> Iterator[Recorder]:
-    logger = logging.getLogger("flexitasks.sync.subscriber")
-    recorder = Recorder()
-    monkeypatch.setattr(logger, "disabled", False)
-    monkeypatch.setattr(logger, "level", logging.DEBUG)
-    logger.addHandler(recorder)
-    try:
-        yield recorder
-    finally:
-        logger.removeHandler(recorder)
+def sync_log() -> Iterator[list[logging.LogRecord]]:
+    with log_records("flexitasks.sync.subscriber") as records:
+        yield records
 
 
 def start(client: redis.Redis, degraded_log: list[bool]) -> tuple[Subscriber, FleetGate]:
@@ -123,7 +107,7 @@ def test_a_store_refusing_writes_keeps_the_process_degraded_quietly_until_a_writ
         time.sleep(2.0)  # ~6 attempts at the backoff's pace; the snapshot (a read) succeeds each time
         assert gate.degraded
         assert False not in degraded, "degraded mode ended although no write had succeeded"
-        logged = quiet(sync_log.records)
+        logged = quiet(sync_log)
         assert logged["tracebacks"] == []
         assert len(logged["warnings"]) == 1 and "OutOfMemoryError" in logged["warnings"][0]
 
@@ -145,7 +129,7 @@ def test_a_store_refusing_scripts_backs_off_without_a_traceback_per_attempt(own_
     try:
         time.sleep(2.0)
         assert gate.degraded
-        logged = quiet(sync_log.records)
+        logged = quiet(sync_log)
         assert logged["tracebacks"] == []
         assert len(logged["warnings"]) == 1 and "NoPermissionError" in logged["warnings"][0]
 

@@ -31,8 +31,8 @@ from redis.exceptions import RedisError
 
 from flexitasks.celery_app import app
 from flexitasks.errors import ConfigError
-from flexitasks.streaming.client import BATCH, POLL, block_ms, chat_task, read_entries, time_left
-from flexitasks.streaming.events import STREAM_HEADER, Replay, stream_key
+from flexitasks.streaming.client import BATCH, POLL, block_ms, enqueue, read_entries, time_left
+from flexitasks.streaming.events import Replay, stream_key
 
 log = logging.getLogger(__name__)
 
@@ -46,10 +46,9 @@ _send_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="flexitasks-se
 
 
 async def _send(messages: list[dict[str, Any]], options: dict[str, Any], stream: bool) -> str:
-    task_id = str(uuid.uuid4())
-    send = partial(chat_task().apply_async, args=[messages], kwargs=options, task_id=task_id,
-                   headers={STREAM_HEADER: True} if stream else None)
+    send = partial(enqueue, messages, options, stream)
     result: AsyncResult = await asyncio.get_running_loop().run_in_executor(_send_pool, send)
+    task_id: str = result.id
     del result  # Celery's own result consumer lets go of the task when its AsyncResult goes
     return task_id
 

@@ -52,10 +52,10 @@ def _reader(sync: Any) -> redis.Redis:
     return client
 
 
-def enqueue(messages: list[dict[str, Any]], options: dict[str, Any]) -> AsyncResult:
-    """Send ``flexitasks.chat`` with the streaming header (never among the task's options)."""
+def enqueue(messages: list[dict[str, Any]], options: dict[str, Any], stream: bool = True) -> AsyncResult:
+    """Send ``flexitasks.chat``, with the streaming header (never among the task's options) if ``stream``."""
     return chat_task().apply_async(args=[messages], kwargs=options, task_id=str(uuid.uuid4()),
-                                   headers={STREAM_HEADER: True})
+                                   headers={STREAM_HEADER: True} if stream else None)
 
 
 def chat_task() -> Any:
