@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import pytest
 from celery.exceptions import SoftTimeLimitExceeded
+from test_failover_units import Clock
 
 from flexitasks.breaker.gate import FleetGate
 from flexitasks.breaker.memory_store import MemoryBreakerStore
@@ -24,14 +25,6 @@ POLICY = BreakerPolicy(failure_threshold=1, failure_rate_threshold=0.5, window=6
 PROVIDER = ProviderSettings(name="p", kind="openai", model="m", timeout=20.0, first_token_timeout=5.0,
                             stall_timeout=3.0)
 BOOM = ProviderFailure(FailureKind.UNAVAILABLE, "500", status=500)
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def watch_until_cut(budget: float, gap: float) -> ProviderFailure | None:
