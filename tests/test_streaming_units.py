@@ -10,13 +10,14 @@ import uuid
 
 import pytest
 import redis
+from celery.exceptions import TimeoutError as CeleryTimeoutError
 from celery.result import AsyncResult
 from conftest import KEY_PREFIX, REDIS_URL
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from flexitasks.errors import InvalidRequest
-from flexitasks.streaming.client import _follow
+from flexitasks.streaming.client import POLL, _follow, block_ms, read_entries, time_left
 from flexitasks.streaming.events import DONE_TTL, LIVE_TTL, Replay, stream_key
 from flexitasks.streaming.sink import DeltaSink
 from flexitasks.streaming.writer import StreamWriter, merge_deltas
@@ -175,3 +176,17 @@ def test_the_asyncio_waiter_gets_results_stored_before_and_after_it_subscribed(r
         return first, await later
 
     assert asyncio.run(scenario()) == ({"n": 1}, {"n": 2})
+
+
+def test_both_readers_block_at_most_a_poll_and_time_out_as_get_does() -> None:
+    assert time_left(None, 5.0) is None and block_ms(None) == int(POLL * 1000)
+    assert time_left(10.0, 9.75) == 0.25 and block_ms(0.25) == 250
+    assert block_ms(0.0001) == 1  # BLOCK 0 would mean "forever"
+    with pytest.raises(CeleryTimeoutError):
+        time_left(10.0, 10.0)
+
+
+def test_an_xread_reply_gives_its_entries_in_order_and_the_id_to_read_on_from() -> None:
+    reply = [[b"k", [(b"1-0", {b"e": b'{"type":"delta","text":"a"}'}), (b"2-0", {b"e": b'{"type":"done"}'})]]]
+    assert read_entries(reply, "0-0") == (b"2-0", [{"type": "delta", "text": "a"}, {"type": "done"}])
+    assert read_entries([], "7-1") == ("7-1", [])
