@@ -1,6 +1,6 @@
 """Deployments sharing a Redis don't hear each other, and an event alone never moves an
 operator state (issue 11, items 8 and 9's store check), with a real ``Subscriber`` thread on
-the run's Redis DB. (Event signatures, item 9's HMAC, are not implemented: see README.)"""
+the run's Redis DB. (Event signatures, item 9's HMAC: ``test_event_signatures.py``.)"""
 
 from __future__ import annotations
 
