@@ -140,7 +140,7 @@ def test_redis_limiter_matches_memory_model(redis_client: redis.Redis) -> None:
     LimitsModel.client = redis_client
     run_state_machine_as_test(
         LimitsModel,
-        settings=settings(max_examples=80, stateful_step_count=40, deadline=None, database=None,
+        settings=settings(max_examples=80, stateful_step_count=40, deadline=None, database=None, derandomize=True,
                           suppress_health_check=[HealthCheck.too_slow]),
     )
     assert LimitsModel.refusals == {"rpm", "tpm", "in_flight", "booked"}
