@@ -55,6 +55,14 @@ def _schema_problem(schema: dict[str, Any]) -> str | None:
         return "not a JSON document"
 
 
+def _valid_schema(schema: dict[str, Any]) -> dict[str, Any]:
+    """``schema`` itself when it is a valid JSON Schema; else a ValueError saying what is wrong."""
+    problem = _schema_problem(schema)
+    if problem:
+        raise ValueError(problem)
+    return schema
+
+
 @functools.lru_cache(maxsize=512)
 def _checked_schema(schema_json: str) -> str | None:
     """Checking a schema against the metaschema costs ~2 ms; producers repeat their schemas."""
@@ -273,10 +281,7 @@ class FunctionDef(_Strict):
     def _object_schema(cls, schema: dict[str, Any]) -> dict[str, Any]:
         if schema.get("type") != "object":
             raise ValueError('the parameters schema must be of "type": "object"')
-        problem = _schema_problem(schema)
-        if problem:
-            raise ValueError(problem)
-        return schema
+        return _valid_schema(schema)
 
 
 class Tool(_Strict):
@@ -312,11 +317,8 @@ class JSONSchemaSpec(_Strict):
 
     @field_validator("schema_")
     @classmethod
-    def _valid_schema(cls, schema: dict[str, Any]) -> dict[str, Any]:
-        problem = _schema_problem(schema)
-        if problem:
-            raise ValueError(problem)
-        return schema
+    def _json_schema(cls, schema: dict[str, Any]) -> dict[str, Any]:
+        return _valid_schema(schema)
 
 
 class TextFormat(_Strict):
