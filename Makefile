@@ -24,8 +24,11 @@ lint: $(STAMP)
 	$(BIN)/ruff check flexitasks tests benchmarks
 	$(BIN)/lint-imports --no-cache
 
+# Three pytest processes, one test file each at a time (pytest-xdist): the end-to-end files mostly
+# wait on workers and fake providers, so they overlap well on 2 cores (567 tests: 4.5 min instead
+# of 9.6). Each process leases its own Redis DB, ports and key prefix (tests/conftest.py).
 test: $(STAMP) lint
-	$(BIN)/python -m flexitasks.devredis -- $(BIN)/python -m pytest -q
+	$(BIN)/python -m flexitasks.devredis -- $(BIN)/python -m pytest -q -n 3 --dist loadfile
 
 soak: $(STAMP)   # the flood test at 100,000 tasks (about 15 min here)
 	FLEXITASKS_FLOOD_TASKS=100000 $(BIN)/python -m pytest -q -s tests/test_e2e_flood.py
