@@ -24,6 +24,8 @@ from pathlib import Path
 import pytest
 from conftest import ROOT, WORKDIR, free_port
 
+from flexitasks.harness import stop_process
+
 pytestmark = pytest.mark.usefixtures("worker")
 
 CHROMIUM_FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -92,12 +94,7 @@ def running(cmd: list[str], url: str, log_name: str, env: dict[str, str] | None 
         wait_http(url)
         yield url
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_process(proc, timeout=10)
         log.close()
 
 

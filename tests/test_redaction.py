@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import io
 import logging
+import secrets
 from pathlib import Path
 
 import pytest
@@ -18,10 +19,11 @@ from flexitasks.failures import FailureKind, ProviderFailure
 from flexitasks.models import Attempt
 from flexitasks.redact import RedactingFilter, redact
 
-OPENAI_KEY = "sk-proj-Zq8XtY2vW9aB4cD6eF1gH3iJ5kL7mN0p"
-ANTHROPIC_KEY = "sk-ant-api03-Qw3Er5Ty7Ui9Op1As2Df4Gh6Jk8Lz0Xc"
+# Real-looking keys, made per run so no key-like literal is committed (secret scanners flag those).
+OPENAI_KEY = "sk-proj-" + secrets.token_urlsafe(24)
+ANTHROPIC_KEY = "sk-ant-api03-" + secrets.token_urlsafe(24)
 TOKEN = "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxMjM0NTY3ODkwIn0.c2lnbmF0dXJl"
-LEAKS = (OPENAI_KEY, ANTHROPIC_KEY, TOKEN, "Zq8XtY2vW9aB4cD6eF1gH3iJ5kL7mN0p")
+LEAKS = (OPENAI_KEY, ANTHROPIC_KEY, TOKEN, OPENAI_KEY[len("sk-proj-"):])
 
 
 def assert_clean(text: str) -> None:

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import functools
 import importlib.resources
-import math
 import random
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -37,6 +36,7 @@ from flexitasks.breaker.schema import BreakerSnapshot, BreakerState
 from flexitasks.breaker.store import BreakerPolicy, OperationStore, StoreResult
 from flexitasks.errors import FlexitasksError
 from flexitasks.keys import by_slot, provider_key
+from flexitasks.script_clock import clock_arg
 
 __all__ = ["BreakerStoreError", "InvalidBreakerOperation", "RedisBreakerStore"]
 
@@ -143,7 +143,7 @@ class RedisBreakerStore(OperationStore):
         try:
             for name in names:
                 self._check_provider(name)
-            now = self._now_arg()
+            now = clock_arg(self._clock)
         except ValueError as exc:
             raise InvalidBreakerOperation(
                 f"breaker snapshot of {label!r}: {exc}", op="snapshot", provider=label
@@ -169,22 +169,13 @@ class RedisBreakerStore(OperationStore):
         if not isinstance(provider, str) or not provider:
             raise ValueError(f"provider must be a non-empty str, got {provider!r}")
 
-    def _now_arg(self) -> str:
-        """'' lets the script read Redis TIME; an injected clock is sent exactly."""
-        if self._clock is None:
-            return ""
-        now = float(self._clock())
-        if not math.isfinite(now):
-            raise ValueError(f"clock returned {now!r}")
-        return repr(now)
-
     def run(self, provider: str, policy: BreakerPolicy, op: machine.Operation) -> StoreResult:
         """Validate in Python (a bad call is a ValueError here, not a script error), then EVALSHA."""
         try:
             self._check_provider(provider)
             machine.validate_policy(policy)
             op.validate()
-            now = self._now_arg()
+            now = clock_arg(self._clock)
         except (ValueError, TypeError) as exc:
             raise InvalidBreakerOperation(
                 f"breaker {op.name} for provider {provider!r}: {exc}", op=op.name, provider=provider

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import functools
 import importlib.resources
-import math
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -30,6 +29,7 @@ from flexitasks.keys import by_slot, provider_key
 from flexitasks.limits.backend import LimiterError
 from flexitasks.limits.machine import LimitView, Verdict
 from flexitasks.limits.policy import LIMITS, LimitPolicy
+from flexitasks.script_clock import clock_arg
 
 __all__ = ["RedisLimiterBackend"]
 
@@ -78,16 +78,8 @@ class RedisLimiterBackend:
     def keys(self, provider: str) -> list[str]:
         return [provider_key(self._prefix, provider, "limit"), provider_key(self._prefix, provider, "lease")]
 
-    def _now(self) -> str:
-        if self._clock is None:
-            return ""
-        now = float(self._clock())
-        if not math.isfinite(now):
-            raise ValueError(f"clock returned {now!r}")
-        return repr(now)
-
     def check(self, provider: str, policy: LimitPolicy, tokens: int, lease: str, max_wait: float = 0.0) -> Verdict:
-        argv = ["check", self._now(), *_policy_argv(policy), lease, str(int(tokens)), repr(float(max_wait))]
+        argv = ["check", clock_arg(self._clock), *_policy_argv(policy), lease, str(int(tokens)), repr(float(max_wait))]
         row = self._eval("check", provider, self.keys(provider), argv)
         allowed, reserved, *waits = row[:5]
         return Verdict(
@@ -99,7 +91,7 @@ class RedisLimiterBackend:
         )
 
     def finish(self, provider: str, policy: LimitPolicy, lease: str, reserved: int, actual: int | None) -> LimitView:
-        argv = ["finish", self._now(), *_policy_argv(policy), lease, str(int(reserved)),
+        argv = ["finish", clock_arg(self._clock), *_policy_argv(policy), lease, str(int(reserved)),
                 "" if actual is None else str(int(actual))]
         row = self._eval("finish", provider, self.keys(provider), argv)
         return _view(*row[5:])
@@ -111,7 +103,7 @@ class RedisLimiterBackend:
         views: dict[str, LimitView] = {}
         for group in by_slot(self._client, self._prefix, names):  # one round trip per cluster slot
             keys = [k for name in group for k in self.keys(name)]
-            rows = self._eval("peek", ",".join(group), keys, ["peek", self._now()])
+            rows = self._eval("peek", ",".join(group), keys, ["peek", clock_arg(self._clock)])
             views.update((name, _view(*row)) for name, row in zip(group, rows, strict=True))
         return {name: views[name] for name in names}
 
