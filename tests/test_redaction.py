@@ -4,9 +4,9 @@ half is tests/test_e2e_secrets.py)."""
 
 from __future__ import annotations
 
+import hashlib
 import io
 import logging
-import secrets
 from pathlib import Path
 
 import pytest
@@ -19,9 +19,11 @@ from flexitasks.failures import FailureKind, ProviderFailure
 from flexitasks.models import Attempt
 from flexitasks.redact import RedactingFilter, redact
 
-# Real-looking keys, made per run so no key-like literal is committed (secret scanners flag those).
-OPENAI_KEY = "sk-proj-" + secrets.token_urlsafe(24)
-ANTHROPIC_KEY = "sk-ant-api03-" + secrets.token_urlsafe(24)
+# Real-looking keys derived at import, so no key-like literal is committed (secret scanners flag
+# those); deterministic, because they appear in parametrized test ids that every pytest-xdist
+# process must collect alike.
+OPENAI_KEY = "sk-proj-" + hashlib.sha256(b"flexitasks test openai key").hexdigest()[:32]
+ANTHROPIC_KEY = "sk-ant-api03-" + hashlib.sha256(b"flexitasks test anthropic key").hexdigest()[:32]
 TOKEN = "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxMjM0NTY3ODkwIn0.c2lnbmF0dXJl"
 LEAKS = (OPENAI_KEY, ANTHROPIC_KEY, TOKEN, OPENAI_KEY[len("sk-proj-"):])
 
