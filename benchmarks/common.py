@@ -97,19 +97,20 @@ class Table:
     def render(self) -> None:
         try:
             from rich.console import Console
+            from rich.markup import escape
             from rich.table import Table as RichTable
         except ImportError:  # plain text is enough
             print(self.markdown())
             return
-        table = RichTable(title=self.title, title_justify="left", show_lines=False)
+        table = RichTable(title=escape(self.title), title_justify="left", show_lines=False)
         for col in self.columns:
-            table.add_column(col, overflow="fold")
+            table.add_column(escape(col), overflow="fold")
         for row in self.rows:
-            table.add_row(*row)
+            table.add_row(*(escape(str(cell)) for cell in row))
         console = Console(width=max(120, Console().width))
         console.print(table)
         for note in self.notes:
-            console.print(f"  • {note}", highlight=False)
+            console.print(f"  • {escape(note)}", highlight=False)
         console.print()
 
 
