@@ -69,6 +69,11 @@ class CelerySettings(_Section):
     master_name: str | None = None
     """The Sentinel master of a ``sentinel://`` broker or result backend (Celery's
     ``master_name`` transport option); required with such a URL."""
+    task_events: bool = False
+    """Celery's task events (``task-sent``, ``task-received``, ``task-succeeded`` ...) on from the
+    start. Off, as in Celery: they cost about a sixth of a call's worker CPU, and Flower turns
+    them on in the workers it watches (``enable_events``), as does ``celery -A flexitasks worker
+    -E`` or ``celery control enable_events``. Breaker events are sent either way."""
     show_content: bool = False
     """Show prompts and answers in Flower, task events and Celery's logs (off: a summary:
     message count, options, result fields with the content hidden). Results keep them."""

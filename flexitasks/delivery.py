@@ -9,9 +9,13 @@ calls any provider:
 - a completed answer is kept in Redis by task id (``{prefix}:answer:{id}``) for as long as
   the broker could still redeliver the message (the visibility timeout, plus a margin); a
   redelivered, already answered message returns that answer without a provider call;
-- each delivery of a message is counted (``{prefix}:deliveries:{id}:{retry}``); one that
+- each redelivery of a message is counted (``{prefix}:deliveries:{id}:{retry}``); one that
   keeps killing its worker fails with ``RedeliveredTooOften`` after
-  ``celery.max_redeliveries`` deliveries instead of looping for ever;
+  ``celery.max_redeliveries`` redeliveries instead of looping for ever;
+- a first delivery costs no Redis command here: only a message the broker marks redelivered
+  (RabbitMQ's flag; kombu's Redis transport sets it on every message it restores: a dead
+  worker's, a rejected one, one past the visibility timeout) can have been answered or be
+  looping, so only such a message is checked;
 - headers the worker cannot read (a malformed deadline) are ignored with a warning;
 - Celery retries keep the producer's own headers (``retry_headers``).
 
@@ -75,6 +79,12 @@ def stamp(headers: dict[str, Any] | None) -> dict[str, Any]:
     return stamped
 
 
+def redelivered(delivery_info: Mapping[str, Any] | None, headers: Mapping[str, Any]) -> bool:
+    """Whether the broker says it delivered this message before: AMQP's ``redelivered`` flag, or
+    the one kombu's Redis transport writes into a restored message (its headers and properties)."""
+    return bool((delivery_info or {}).get("redelivered") or headers.get("redelivered"))
+
+
 def retry_headers(request_headers: Mapping[str, Any] | None, carried: Mapping[str, Any]) -> dict[str, Any]:
     """Headers for a retried message: the producer's own (tracing ids, tenant tags, ...) kept,
     ours updated. Celery replaces the whole header dict when ``retry(headers=...)`` is given."""
@@ -106,10 +116,10 @@ class AnswerKeeper:
         self.client = sync_client(s)  # a single Redis, Sentinel's master or a Cluster
         self.prefix = s.key_prefix
         self.ttl = visibility_timeout(settings) + ANSWER_MARGIN
-        self.max_deliveries = settings.celery.max_redeliveries + 1
+        self.max_redeliveries = settings.celery.max_redeliveries
 
     def arrive(self, task_id: str, retries: int) -> tuple[dict[str, Any] | None, int]:
-        """(the kept answer or None, how many times this message has now been delivered)."""
+        """(the kept answer or None, how many times this message has now been redelivered)."""
         count_key = f"{self.prefix}:deliveries:{task_id}:{retries}"
         pipe = self.client.pipeline(transaction=False)
         pipe.get(f"{self.prefix}:answer:{task_id}")
@@ -153,26 +163,26 @@ def request_deadline(headers: Mapping[str, Any] | None, request_timeout: float, 
 
 
 def arrive(settings: Settings, task_id: str | None, retries: int, headers: Mapping[str, Any] | None,
-           eager: bool = False) -> Delivery:
+           eager: bool = False, redelivered: bool = False) -> Delivery:
     """Check one delivery before running it: answered already, redelivered too often, or
     expired (in that order: an answer that exists is returned even if late)."""
     now = time.time()
     timeout = settings.retry.request_timeout
     deadline = request_deadline(headers, timeout, now)
     keeper = None if eager or not task_id else _keeper(settings)
-    if keeper is not None and task_id:
+    if keeper is not None and task_id and redelivered:
         try:
-            answer, count = keeper.arrive(task_id, retries)
+            answer, redeliveries = keeper.arrive(task_id, retries)
         except (redis.RedisError, ValueError) as exc:
             log.warning("delivery checks of task %s skipped (%s)", task_id, type(exc).__name__)
-            answer, count = None, 0
+            answer, redeliveries = None, 0
         if answer is not None:
             log.info("task %s was already answered: returning that answer, calling no provider", task_id)
             return Delivery(task_id, deadline, answer=answer)
-        if count > keeper.max_deliveries:
+        if redeliveries > keeper.max_redeliveries:
             raise RedeliveredTooOften(
-                f"message delivered {count} times without finishing (it keeps killing its worker?); "
-                f"failed after celery.max_redeliveries = {keeper.max_deliveries - 1} redeliveries"
+                f"message delivered {redeliveries + 1} times without finishing (it keeps killing its worker?); "
+                f"failed after celery.max_redeliveries = {keeper.max_redeliveries} redeliveries"
             )
     if now >= deadline:
         enqueued = _header_time(headers or {}, ENQUEUED_HEADER)

@@ -115,6 +115,22 @@ def flower() -> Iterator[str]:
         yield url.removesuffix("healthcheck")
 
 
+def wait_until_flower_watches(flower: str) -> None:
+    """Flower turns task events on in the workers it sees (``enable_events``, every few seconds;
+    they are off by default, as in Celery): wait until a task shows up in its API."""
+    from flexitasks import chat_task
+
+    deadline = time.monotonic() + 60
+    while True:
+        task_id = chat_task.delay([{"role": "user", "content": "is Flower watching?"}]).id
+        chat_task.AsyncResult(task_id).get(timeout=30)
+        time.sleep(0.5)
+        with contextlib.suppress(OSError):
+            if urllib.request.urlopen(f"{flower}api/task/info/{task_id}", timeout=5).status == 200:
+                return
+        assert time.monotonic() < deadline, "Flower never saw a task: it did not turn task events on"
+
+
 def row_state(page: object, provider: str) -> str:
     return page.get_attribute(f"#providers tr[data-provider='{provider}']", "data-state")  # type: ignore[attr-defined]
 
@@ -129,6 +145,7 @@ def test_dashboard_follows_a_trip_and_a_recovery_and_flower_shows_who_answered(
     page.wait_for_selector("#providers tr[data-provider='primary'][data-state='closed']", timeout=15_000)
     for _ in range(3):
         assert chat_task.delay([{"role": "user", "content": "hello"}]).get(timeout=30)["provider"] == "primary"
+    wait_until_flower_watches(flower)
 
     # An outage: the primary answers 500 until the fleet's breaker opens; a long prompt makes
     # the answer's text long, so Flower's cut repr would hide anything after it.

@@ -25,6 +25,7 @@ from flexitasks.config import Settings
 from flexitasks.delivery import (
     DEADLINE_HEADER,
     ENQUEUED_HEADER,
+    redelivered,
     request_deadline,
     retry_headers,
     stamp,
@@ -33,6 +34,7 @@ from flexitasks.delivery import (
 from flexitasks.harness import wait_until
 
 MESSAGES = [{"role": "user", "content": "Summarise this ticket"}]
+REDELIVERED = {"redelivered": True}  # what kombu's Redis transport writes into a message it restores
 
 
 @pytest.fixture()
@@ -50,6 +52,13 @@ def delivery_log(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[str]]:
 
 
 # -- units ------------------------------------------------------------------------------------------
+def test_a_redelivery_is_known_by_the_brokers_flag_or_by_kombus_redis_restore_header():
+    assert redelivered({"redelivered": True}, {})  # AMQP (RabbitMQ) sets it on the delivery
+    assert redelivered({"redelivered": False}, {"redelivered": True})  # kombu's Redis transport, restored
+    assert not redelivered({"exchange": "", "routing_key": "flexitasks"}, {"id": "x"})
+    assert not redelivered(None, {})
+
+
 def test_the_deadline_runs_from_when_the_producer_sent_the_request():
     now = 1_000_000.0
     assert request_deadline({ENQUEUED_HEADER: now - 50}, 120, now=now) == now + 70
@@ -101,7 +110,8 @@ def test_a_redelivered_answered_message_returns_the_answer_without_calling_again
     answer = first.get(timeout=30)
     assert provider_calls(clean) == 1
     first.forget()  # so that the next get() waits for the redelivery's own outcome
-    again = chat_task.apply_async(args=[MESSAGES], task_id=first.id)  # the same message, delivered again
+    # the same message, delivered again: marked as kombu's Redis transport marks a message it restores
+    again = chat_task.apply_async(args=[MESSAGES], task_id=first.id, headers=REDELIVERED)
     assert again.get(timeout=30) == answer  # latency_ms and attempts included: the kept answer
     assert provider_calls(clean) == 1
 
@@ -111,8 +121,8 @@ def test_a_message_delivered_too_often_fails_clearly(clean, redis_client: redis.
     task_id = str(uuid.uuid4())
     max_redeliveries = SETTINGS.celery.max_redeliveries
     # what max_redeliveries + 1 deliveries that each killed their worker leave behind
-    redis_client.set(f"{KEY_PREFIX}:deliveries:{task_id}:0", max_redeliveries + 1, ex=60)
-    pending = chat_task.apply_async(args=[MESSAGES], task_id=task_id)
+    redis_client.set(f"{KEY_PREFIX}:deliveries:{task_id}:0", max_redeliveries, ex=60)
+    pending = chat_task.apply_async(args=[MESSAGES], task_id=task_id, headers=REDELIVERED)
     with pytest.raises(RedeliveredTooOften, match=f"delivered {max_redeliveries + 2} times"):
         pending.get(timeout=30)
     assert provider_calls(clean) == 0

@@ -34,8 +34,11 @@ SECRETS = (PLANTED_KEY, PLANTED_TOKEN, PLANTED_KEY[len("sk-proj-"):])
 
 @contextlib.contextmanager
 def events_seen() -> Iterator[list[dict[str, Any]]]:
-    """Every Celery event (task-sent/received/succeeded/failed/retried, breaker-*) seen meanwhile."""
+    """Every Celery event (task-received/succeeded/failed/retried, breaker-*) seen meanwhile, with
+    task events turned on in the worker as Flower does (they are off by default, as in Celery)."""
     seen: list[dict[str, Any]] = []
+    replies = app.control.broadcast("enable_events", reply=True, timeout=5)
+    assert replies, "the worker answered enable_events"
     with app.connection() as conn:
         receiver = app.events.Receiver(conn, handlers={"*": seen.append})
         thread = threading.Thread(
@@ -49,6 +52,7 @@ def events_seen() -> Iterator[list[dict[str, Any]]]:
             time.sleep(1.5)  # the last task events travel after the result is stored
             receiver.should_stop = True
             thread.join(timeout=5)
+            app.control.broadcast("disable_events", reply=True, timeout=5)
 
 
 def worker_log() -> str:

@@ -39,6 +39,15 @@ def test_celery_options_pass_through_and_a_table_is_merged_into_ours():
                                                 "priority_steps": [0, 5, 9]}
 
 
+def test_task_events_are_off_as_in_celery_unless_asked_for():
+    def events(settings: Settings) -> tuple[object, object]:
+        conf = celery_config(settings)
+        return conf["worker_send_task_events"], conf["task_send_sent_event"]
+
+    assert events(Settings()) == (False, False)
+    assert events(parse_settings({"celery": {"task_events": True}}, "t")) == (True, True)
+
+
 @pytest.mark.parametrize(
     ("options", "needle"),
     [
