@@ -6,9 +6,12 @@ calls any provider:
 - the producer stamps ``flexitasks_enqueued`` (wall clock) on the message; the request's
   deadline is ``request_timeout`` from then, so a request that waited in the queue past it
   fails with ``RequestExpired`` and no provider is called;
-- a completed answer is kept in Redis by task id (``{prefix}:answer:{id}``) for as long as
-  the broker could still redeliver the message (the visibility timeout, plus a margin); a
-  redelivered, already answered message returns that answer without a provider call;
+- a redelivered, already answered message returns that answer without a provider call.
+  The answer is read from Celery's result backend, which stores it before the message is
+  acked: a key-value backend (Redis) keeping results (``result_expires``) at least as long
+  as the broker could still redeliver the message (the visibility timeout, plus a margin).
+  With any other backend, ignored results or a shorter ``result_expires``, a copy is kept in
+  Redis by task id (``{prefix}:answer:{id}``) for that long, at one more round trip per task;
 - each redelivery of a message is counted (``{prefix}:deliveries:{id}:{retry}``); one that
   keeps killing its worker fails with ``RedeliveredTooOften`` after
   ``celery.max_redeliveries`` redeliveries instead of looping for ever;
@@ -91,6 +94,23 @@ def retry_headers(request_headers: Mapping[str, Any] | None, carried: Mapping[st
     return {**(request_headers or {}), **carried}
 
 
+def results_keep_answers(backend: Any, settings: Settings, ignore_result: bool) -> bool:
+    """Whether Celery's result backend already holds every answer for as long as its message
+    could be redelivered (then no copy of our own is kept): a key-value store the worker can
+    read back (not ``rpc://``, not disabled), results stored, and kept long enough."""
+    from celery.backends.base import BaseKeyValueStoreBackend
+
+    return (isinstance(backend, BaseKeyValueStoreBackend) and not ignore_result
+            and settings.celery.result_expires >= visibility_timeout(settings) + ANSWER_MARGIN)
+
+
+def stored_answer(backend: Any, task_id: str) -> dict[str, Any] | None:
+    """The answer Celery's result backend holds for this task, if it succeeded."""
+    meta = backend.get_task_meta(task_id)
+    result = meta.get("result")
+    return result if meta.get("status") == "SUCCESS" and isinstance(result, dict) else None
+
+
 @dataclass
 class Delivery:
     """What a worker knows about one delivery of a chat message before it runs it."""
@@ -98,7 +118,7 @@ class Delivery:
     task_id: str | None
     deadline: float  # wall clock
     answer: dict[str, Any] | None = None  # already answered: return this, call nobody
-    _keeper: AnswerKeeper | None = None
+    _keeper: AnswerKeeper | None = None  # set when the result backend does not keep answers
 
     def answered(self, result: dict[str, Any]) -> None:
         """Keep the answer until the broker can no longer redeliver this message."""
@@ -163,9 +183,10 @@ def request_deadline(headers: Mapping[str, Any] | None, request_timeout: float, 
 
 
 def arrive(settings: Settings, task_id: str | None, retries: int, headers: Mapping[str, Any] | None,
-           eager: bool = False, redelivered: bool = False) -> Delivery:
+           eager: bool = False, redelivered: bool = False, results: Any = None) -> Delivery:
     """Check one delivery before running it: answered already, redelivered too often, or
-    expired (in that order: an answer that exists is returned even if late)."""
+    expired (in that order: an answer that exists is returned even if late). ``results`` is
+    Celery's result backend when it keeps answers (``results_keep_answers``), else None."""
     now = time.time()
     timeout = settings.retry.request_timeout
     deadline = request_deadline(headers, timeout, now)
@@ -173,7 +194,9 @@ def arrive(settings: Settings, task_id: str | None, retries: int, headers: Mappi
     if keeper is not None and task_id and redelivered:
         try:
             answer, redeliveries = keeper.arrive(task_id, retries)
-        except (redis.RedisError, ValueError) as exc:
+            if answer is None and results is not None:
+                answer = stored_answer(results, task_id)
+        except Exception as exc:  # Redis or the result backend: the check is skipped, never fatal
             log.warning("delivery checks of task %s skipped (%s)", task_id, type(exc).__name__)
             answer, redeliveries = None, 0
         if answer is not None:
@@ -191,4 +214,4 @@ def arrive(settings: Settings, task_id: str | None, retries: int, headers: Mappi
             f"request expired: a worker could start it only{waited}, past its deadline "
             f"(request_timeout {timeout:g}s); no provider was called"
         )
-    return Delivery(task_id, deadline, _keeper=keeper)
+    return Delivery(task_id, deadline, _keeper=keeper if results is None else None)

@@ -74,8 +74,9 @@ def chat_task(self: Task, messages: list[dict[str, Any]], **options: Any) -> dic
     if request.metadata:  # the caller's tracing data: in the log beside the task id
         log.info("metadata %s", json.dumps(request.metadata, sort_keys=True))
     headers = self.request.headers or {}
+    results = self.backend if delivery.results_keep_answers(self.backend, settings, self.ignore_result) else None
     arrival = delivery.arrive(settings, self.request.id, self.request.retries, headers, eager=self.request.is_eager,
-                              redelivered=delivery.redelivered(self.request.delivery_info, headers))
+                              redelivered=delivery.redelivered(self.request.delivery_info, headers), results=results)
     if arrival.answer is not None:  # a redelivery of a message already answered: nobody is called again
         return arrival.answer
     deadline = arrival.deadline

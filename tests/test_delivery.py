@@ -104,16 +104,46 @@ def test_a_request_that_waited_past_its_deadline_is_not_run(clean):
     assert provider_calls(clean) == 0
 
 
+def broker_idle(redis_client: redis.Redis) -> bool:
+    """Every message of the chat queue taken and acked (kombu's Redis transport: the queue's
+    list and its ``unacked`` hash are empty)."""
+    return redis_client.llen(SETTINGS.celery.queue) == 0 and redis_client.hlen("unacked") == 0
+
+
 @pytest.mark.usefixtures("worker")
-def test_a_redelivered_answered_message_returns_the_answer_without_calling_again(clean):
+def test_a_redelivered_answered_message_returns_the_answer_without_calling_again(clean, redis_client, caplog):
     first = chat_task.apply_async(args=[MESSAGES])
     answer = first.get(timeout=30)
     assert provider_calls(clean) == 1
-    first.forget()  # so that the next get() waits for the redelivery's own outcome
     # the same message, delivered again: marked as kombu's Redis transport marks a message it restores
     again = chat_task.apply_async(args=[MESSAGES], task_id=first.id, headers=REDELIVERED)
+    wait_until(lambda: broker_idle(redis_client), 30, what="the redelivered message to be served and acked")
+    assert provider_calls(clean) == 1  # answered from the result backend: nobody called again
     assert again.get(timeout=30) == answer  # latency_ms and attempts included: the kept answer
-    assert provider_calls(clean) == 1
+
+
+def test_the_result_backend_keeps_answers_unless_it_cannot_and_then_a_copy_is_kept(redis_client):
+    from celery import Celery
+
+    from flexitasks import app
+    from flexitasks.delivery import AnswerKeeper, Delivery, arrive, results_keep_answers
+
+    assert results_keep_answers(app.backend, SETTINGS, ignore_result=False)  # Redis, results kept an hour
+    assert not results_keep_answers(app.backend, SETTINGS, ignore_result=True)
+    short = SETTINGS.model_copy(update={"celery": SETTINGS.celery.model_copy(update={"result_expires": 60.0})})
+    assert not results_keep_answers(app.backend, short, ignore_result=False)  # gone before a redelivery
+    rpc = Celery("rpc", broker=SETTINGS.celery.broker_url, backend="rpc://")
+    assert not results_keep_answers(rpc.backend, SETTINGS, ignore_result=False)  # the caller's queue only
+
+    # then the worker keeps a copy in Redis, and a redelivery finds it there
+    task_id = str(uuid.uuid4())
+    first = arrive(short, task_id, 0, {})
+    assert isinstance(first._keeper, AnswerKeeper)
+    first.answered({"content": "kept"})
+    assert arrive(short, task_id, 0, {}, redelivered=True).answer == {"content": "kept"}
+    # with a backend that keeps answers no copy is written
+    assert arrive(SETTINGS, str(uuid.uuid4()), 0, {}, results=app.backend)._keeper is None
+    assert Delivery("x", 0.0).answer is None
 
 
 @pytest.mark.usefixtures("worker")
