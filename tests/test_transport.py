@@ -11,6 +11,7 @@ import ssl
 import subprocess
 import threading
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx2
@@ -135,23 +136,25 @@ def test_a_missing_ca_bundle_is_a_config_error(tmp_path):
 
 def test_one_transport_serves_hundreds_of_calls_at_once_and_keeps_their_connections(fake):
     """A threads-pool worker has one transport per provider and up to ``--concurrency``
-    calls in flight: none waits for a pool slot (httpx allows 100) and every connection is
-    kept for the next call (httpx keeps 20)."""
+    calls in flight, each thread its own pool: none waits for a pool slot (httpx allows
+    100), and every thread's connection is kept for its next call (httpx keeps 20)."""
     n = 150
     fake.admin.set_fault(latency=3.0)  # every call still open when the last one is sent
     start = threading.Barrier(n)
     answers: list[str] = []
-    with WatchedTransport() as transport:
+    with WatchedTransport() as transport, ThreadPoolExecutor(n) as threads:  # as Celery's threads pool
 
-        def call() -> None:
+        def call() -> tuple[int, int]:
             start.wait()
             answers.append(ask(transport, fake.url + "/v1"))
+            return threading.get_ident(), sum(len(pool.connections) for pool in transport.pools().values())
 
-        threads = [threading.Thread(target=call) for _ in range(n)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join(60)
+        first = list(threads.map(lambda _: call(), range(n)))
         assert len(answers) == n
         assert fake.admin.stats()["max_in_flight"] == n
-        assert len(transport._direct.connections) == n  # all idle, kept alive
+        assert {held for _, held in first} == {1}  # each thread keeps its one connection, idle
+        fake.admin.set_fault(latency=0.5)
+        second = list(threads.map(lambda _: call(), range(n)))
+        assert {ident for ident, _ in second} == {ident for ident, _ in first}
+        assert {held for _, held in second} == {1}  # the same connection again, not a second one
+        assert sum(len(pool.connections) for pool in transport._open) == n

@@ -21,6 +21,7 @@ import ssl
 import threading
 import time
 import urllib.request
+import weakref
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
@@ -201,10 +202,10 @@ class _WatchedBackend(httpcore2.NetworkBackend):
 
 
 _LIMITS = httpx2.Limits(max_connections=1000, max_keepalive_connections=1000, keepalive_expiry=5.0)
-"""One process's connections: as many as the OpenAI SDK's own default allows, and all of them
-kept alive (httpx keeps 20): a ``--pool threads --concurrency 256`` worker has 256 calls in
-flight; with 100 connections the rest queued in the pool, and all but 20 of each second's
-connections were closed and opened again. Idle ones still close after ``keepalive_expiry``."""
+"""One pool's connections: as many as the OpenAI SDK's own default allows, and all of them kept
+alive (httpx keeps 20), so a pool never makes a call wait for a slot or close a connection it
+will want again (a thread's pool normally holds one per host). Idle ones close after
+``keepalive_expiry``."""
 
 # httpcore2's exceptions as httpx2 raises them (what the SDKs catch), most specific first.
 _EXCEPTIONS: list[tuple[type[Exception], type[Exception]]] = [
@@ -269,7 +270,12 @@ class WatchedTransport(httpx2.BaseTransport):
     """An httpx transport whose every socket wait ends at the active ``StreamWatch``'s deadline.
 
     It owns its connection pools (httpcore2, on a network backend that shortens each read
-    and write to the phase deadline): one for direct connections and one per proxy in use.
+    and write to the phase deadline): one for direct connections and one per proxy in use,
+    for each thread that calls. One pool shared by hundreds of threads (a ``--pool threads``
+    worker) scans all its connections under one lock on every request and every close (and
+    polls each idle socket): with 256 calls in flight that was a quarter of the worker's CPU.
+    A thread's calls run one at a time, so its pool holds one connection per host, found at
+    once; a pool goes (its sockets closed) with its thread.
     A client given a transport of its own ignores the proxy environment, so this transport
     applies it itself, as httpx would: ``HTTPS_PROXY`` / ``HTTP_PROXY`` / ``ALL_PROXY``
     (``http``, ``https`` or, with ``socksio`` installed, ``socks5`` proxies) and ``NO_PROXY``,
@@ -283,8 +289,8 @@ class WatchedTransport(httpx2.BaseTransport):
         self._limits = limits
         self._backend = _WatchedBackend()
         self._proxies = urllib.request.getproxies_environment() if trust_env else {}
-        self._direct: Pool = httpcore2.ConnectionPool(ssl_context=self._ssl, **self._pool_options())
-        self._via: dict[str, Pool] = {}
+        self._local = threading.local()  # .pools: {proxy URL or None: this thread's pool}
+        self._open: weakref.WeakSet[Pool] = weakref.WeakSet()  # every thread's, to close them all
         self._lock = threading.Lock()
 
     def _pool_options(self) -> dict[str, Any]:
@@ -302,15 +308,26 @@ class WatchedTransport(httpx2.BaseTransport):
             return None
         return proxy if "://" in proxy else f"http://{proxy}"
 
+    def pools(self) -> dict[str | None, Pool]:
+        """This thread's pools, by proxy URL (None: direct)."""
+        pools: dict[str | None, Pool] | None = getattr(self._local, "pools", None)
+        if pools is None:
+            pools = self._local.pools = {}
+        return pools
+
     def _pool(self, url: httpx2.URL) -> Pool:
         proxy_url = self.proxy_for(url)
-        if proxy_url is None:
-            return self._direct
-        with self._lock:
-            pool = self._via.get(proxy_url)
-            if pool is None:
-                pool = self._via[proxy_url] = self._proxy_pool(httpx2.Proxy(proxy_url))
-            return pool
+        pools = self.pools()
+        pool = pools.get(proxy_url)
+        if pool is None:
+            if proxy_url is None:
+                pool = httpcore2.ConnectionPool(ssl_context=self._ssl, **self._pool_options())
+            else:
+                pool = self._proxy_pool(httpx2.Proxy(proxy_url))
+            pools[proxy_url] = pool
+            with self._lock:
+                self._open.add(pool)
+        return pool
 
     def _proxy_pool(self, proxy: httpx2.Proxy) -> Pool:
         target = httpcore2.URL(
@@ -351,7 +368,8 @@ class WatchedTransport(httpx2.BaseTransport):
 
     def close(self) -> None:
         with self._lock:
-            pools, self._via = [self._direct, *self._via.values()], {}
+            pools = list(self._open)
+            self._open.clear()
         for pool in pools:
             pool.close()
 
