@@ -2,7 +2,8 @@
 
 Pure and SDK-free, so the breaker, the router, the policy and the adapters can all
 share it without reaching the SDKs. Turning an SDK exception into one of these is
-``providers.classify``'s job, not this module's.
+``providers.classify``'s job, not this module's; whether a kind ends the request or fails
+over is ``failover.policy``'s (it depends on settings such as ``content_policy_failover``).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ class FailureKind(enum.StrEnum):
     TRUNCATED = "truncated"  # stream cut or malformed: restart cleanly, never returned as an answer
     MISCONFIGURED = "misconfigured"  # 401/403/404, missing key: fail over, log loudly
     CONTEXT_LENGTH = "context_length"  # too long for this model: next provider, provider not blamed
-    CONTENT_POLICY = "content_policy"  # refused content: fail the request
+    CONTENT_POLICY = "content_policy"  # refused content: fail the request (or next provider: content_policy_failover)
     BAD_REQUEST = "bad_request"  # any other 400: fail the request
     INVALID_OUTPUT = "invalid_output"  # answer not the JSON asked for: next provider, provider not blamed
     BILLING = "billing"  # out of credit or quota, 402: fail over at once, log loudly, provider not blamed
@@ -33,11 +34,6 @@ class FailureKind(enum.StrEnum):
     def needs_operator(self) -> bool:
         """Only a person can fix it (a key, a model name, billing): logged at ERROR."""
         return self in (FailureKind.MISCONFIGURED, FailureKind.BILLING)
-
-    @property
-    def fails_request(self) -> bool:
-        """No other provider would accept this request either."""
-        return self in (FailureKind.CONTENT_POLICY, FailureKind.BAD_REQUEST)
 
 
 _OUTAGES = frozenset(

@@ -14,7 +14,7 @@ from flexitasks import capabilities
 from flexitasks.breaker.permit import Permit
 from flexitasks.config import ProviderSettings, RetrySettings
 from flexitasks.errors import InvalidRequest
-from flexitasks.failover.policy import default_policy
+from flexitasks.failover.policy import Action, default_policy
 from flexitasks.failover.router import Router
 from flexitasks.failures import FailureKind, ProviderFailure
 from flexitasks.models import ChatRequest
@@ -85,7 +85,8 @@ def test_an_answer_that_is_not_the_json_asked_for_is_invalid_output(fmt, content
         read_answer(req(response_format=fmt), reply(content))
     assert info.value.kind is FailureKind.INVALID_OUTPUT
     assert needle in info.value.message
-    assert not FailureKind.INVALID_OUTPUT.blames_provider and not FailureKind.INVALID_OUTPUT.fails_request
+    assert not info.value.blames_provider
+    assert default_policy(RetrySettings()).decide(info.value, 0).action is Action.NEXT_PROVIDER
 
 
 def test_a_turn_that_calls_tools_is_not_held_to_the_json_format():

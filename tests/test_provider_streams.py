@@ -20,7 +20,7 @@ from conftest import log_records
 from flexitasks.breaker.permit import OpenGate
 from flexitasks.config import ProviderSettings, RetrySettings
 from flexitasks.errors import RequestRejected
-from flexitasks.failover.policy import default_policy
+from flexitasks.failover.policy import Action, default_policy
 from flexitasks.failover.router import Router
 from flexitasks.failures import FailureKind, ProviderFailure
 from flexitasks.fake_provider import FakeProvider
@@ -256,7 +256,9 @@ def test_billing_and_quota_errors_are_their_own_kind(exc: BaseException, expecte
     failure = classify(exc)
     assert failure.kind is expected
     if expected is FailureKind.BILLING:
-        assert not failure.kind.blames_provider and not failure.kind.fails_request and failure.kind.needs_operator
+        assert not failure.kind.blames_provider
+        assert failure.kind.needs_operator
+        assert default_policy(RetrySettings()).decide(failure, 0).action is Action.NEXT_PROVIDER
 
 
 def test_billing_fails_over_at_once_logged_at_error_never_rejecting_the_request(fp: FakeProvider) -> None:
