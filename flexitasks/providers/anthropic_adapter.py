@@ -21,7 +21,7 @@ from flexitasks.failures import FailureKind, ProviderFailure
 from flexitasks.models import ChatRequest
 from flexitasks.per_process import PerProcess
 from flexitasks.providers import sse
-from flexitasks.providers.base import Completion, OnDelta, Reading, ToolCalls, require_key
+from flexitasks.providers.base import Completion, OnDelta, Reading, ToolCalls, body_chunks, require_key
 from flexitasks.providers.classify import error_event
 from flexitasks.providers.deadlines import StreamWatch, WatchedTransport, http_timeout
 from flexitasks.providers.wire import anthropic_params
@@ -141,7 +141,7 @@ class AnthropicAdapter:
                 with client.messages.with_streaming_response.create(
                     **params, timeout=http_timeout(self.settings, budget)
                 ) as response:
-                    for name, data in sse.events(response.iter_bytes(), reading.bytes_arrived):
+                    for name, data in sse.events(body_chunks(response), reading.bytes_arrived):
                         answer.feed(name, data)
             except Exception as exc:
                 if answer.stop_reason is None:  # after the stop reason the answer is whole, whatever happens

@@ -9,9 +9,11 @@ answer as success. They know nothing of breakers, retries or Celery.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Protocol
+
+import httpx2
 
 from flexitasks.config import ProviderSettings
 from flexitasks.failures import FailureKind, ProviderFailure
@@ -42,6 +44,12 @@ class ProviderAdapter(Protocol):
     def complete(self, request: ChatRequest, budget: float, on_delta: OnDelta | None = None) -> Completion:
         """One call, bounded by ``budget`` seconds in total; raises ``ProviderFailure``."""
         ...
+
+
+def body_chunks(response: httpx2.Response) -> Iterator[bytes]:
+    """The answer's bytes as they arrive: raw when the body is not content-encoded (an event
+    stream never is, in practice), skipping httpx's decoder and re-chunking of every chunk."""
+    return response.iter_bytes() if "content-encoding" in response.headers else response.iter_raw()
 
 
 def require_key(settings: ProviderSettings) -> str:
