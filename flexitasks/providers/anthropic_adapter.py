@@ -141,7 +141,7 @@ class AnthropicAdapter:
                 with client.messages.with_streaming_response.create(
                     **params, timeout=http_timeout(self.settings, budget)
                 ) as response:
-                    for name, data in sse.events(body_chunks(response), reading.bytes_arrived):
+                    for name, data in sse.events(body_chunks(response.http_response), reading.bytes_arrived):
                         answer.feed(name, data)
             except Exception as exc:
                 if answer.stop_reason is None:  # after the stop reason the answer is whole, whatever happens
