@@ -57,6 +57,9 @@ def retry_countdown(celery: CelerySettings, retries: int) -> float:
     name="flexitasks.chat",
     acks_late=True,
     reject_on_worker_lost=True,
+    # No Celery-level limit (as Celery's own chord_unlock): celery.max_task_retries and the
+    # request's deadline bound the failed runs, read when the task runs; come-backs are not counted.
+    max_retries=None,
     # The caller's own errors: logged in one line at INFO, not as an unexpected failure.
     throws=(InvalidRequest, RequestRejected, ContentRejected),
 )

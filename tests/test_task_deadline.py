@@ -29,3 +29,16 @@ def test_retry_countdown_is_bounded_full_jitter():
         countdowns = {retry_countdown(celery, retries) for _ in range(50)}
         cap = min(celery.retry_backoff_max, celery.retry_backoff * 2**retries)
         assert all(0 <= c <= cap for c in countdowns)
+
+
+def test_celery_sets_no_retry_limit_of_its_own():
+    """A class-level limit would be Celery's default 3, a number nothing obeys: failed runs are
+    bounded by ``celery.max_task_retries`` and the deadline, come-backs by the deadline only."""
+    assert chat_task.max_retries is None
+    chat_task.push_request(id="t1", args=[[]], kwargs={}, headers={}, retries=10, is_eager=True,
+                           called_directly=False)
+    try:
+        retry = chat_task.retry(countdown=1, throw=False)  # raises MaxRetriesExceededError under a limit
+    finally:
+        chat_task.pop_request()
+    assert retry.sig.options["retries"] == 11
