@@ -48,11 +48,7 @@ def _force(state: Any, provider: str, target: BreakerState) -> dict[str, Any]:
     summary = f"{provider}: {snap.state.value} (generation {snap.generation})"
     if not result.transitioned:
         summary += ", unchanged"
-    return {"ok": summary, "transitioned": result.transitioned, **_brief(snap)}
-
-
-def _brief(snap: Any) -> dict[str, Any]:
-    return {"provider": snap.provider, "state": snap.state.value, "generation": snap.generation}
+    return {"ok": summary, "transitioned": result.transitioned, **snap.to_brief()}
 
 
 @inspect_command(args=[], signature="")

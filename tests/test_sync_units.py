@@ -165,6 +165,13 @@ def mirror() -> tuple[Mirror, list[tuple[str, int]]]:
     return m, seen
 
 
+def test_a_control_reply_brief_is_a_part_of_the_full_snapshot():
+    snap = BreakerSnapshot("p", BreakerState.FORCED_OPEN, generation=4, reason="operator", now=12.5)
+    brief = snap.to_brief()
+    assert brief == {"provider": "p", "state": "forced_open", "generation": 4}
+    assert brief.items() <= snap.to_dict().items()
+
+
 def test_a_newer_transition_is_applied_and_announced_once():
     m, seen = mirror()
     assert m.apply_event(parse_event(transition(3)))

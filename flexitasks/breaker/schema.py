@@ -3,9 +3,10 @@
 ``BreakerSnapshot`` is the only place the state's fields are listed. Every other shape
 is converted from or to it here: the Lua script's reply (``from_reply``; the script's
 ``REPLY`` list must match ``REPLY_FIELDS``, a test checks it), the events on the
-channel (``after_event``, ``to_event``, ``to_failure_event``) and a process's brief
-view (``to_view``). Pub/sub is an untrusted input: anything that does not validate is
-``InvalidEvent`` (counted and logged by the subscriber), never applied, never fatal.
+channel (``after_event``, ``to_event``, ``to_failure_event``), a process's brief
+view (``to_view``) and a control command's reply (``to_brief``). Pub/sub is an
+untrusted input: anything that does not validate is ``InvalidEvent`` (counted and
+logged by the subscriber), never applied, never fatal.
 No I/O; knows nothing of Redis, Celery or providers.
 """
 
@@ -119,6 +120,10 @@ class BreakerSnapshot:
     def to_view(self, applied_at: float) -> dict[str, object]:
         """What a process reports of it (``flexitasks status``, ``inspect stats``)."""
         return {"state": self.state.value, "generation": self.generation, "applied_at": applied_at}
+
+    def to_brief(self) -> dict[str, object]:
+        """What a control command (``breaker_trip`` and the like) replies beside its summary."""
+        return {"provider": self.provider, "state": self.state.value, "generation": self.generation}
 
     def to_dict(self) -> dict[str, object]:
         d = dataclasses.asdict(self)
