@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import importlib.resources
 import json
 import logging
 import os
@@ -36,6 +35,7 @@ import redis
 from benchmarks import LOG_FILE, PRIMARY, REDIS_URL, anchors
 from benchmarks.common import LOG_FORMAT, Fakes, Table, log, num, settings
 from flexitasks.harness import free_port
+from flexitasks.script_clock import script_source
 
 ROOT = Path(__file__).resolve().parent.parent
 NOT_COUNTED = {"info"}  # our own measuring
@@ -44,7 +44,7 @@ NOT_COUNTED = {"info"}  # our own measuring
 def _in_script() -> set[str]:
     """Commands flexitasks' Lua script runs inside Redis (read from its source); in the
     flexitasks rows every other command is a client round trip."""
-    source = importlib.resources.files("flexitasks.breaker").joinpath("transition.lua").read_text("utf-8")
+    source = script_source("flexitasks.breaker", "transition.lua")  # with the prelude: its TIME too
     return {m.lower() for m in re.findall(r"redis\.p?call\(\s*['\"](\w+)['\"]", source)}
 
 

@@ -8,6 +8,7 @@ skipped without it unless CI=true.
 
 from __future__ import annotations
 
+import importlib.resources
 import json
 import math
 import random
@@ -39,6 +40,7 @@ from flexitasks.breaker import (
     RedisBreakerStore,
     StoreResult,
 )
+from flexitasks.script_clock import PRELUDE, script_source
 
 RUN_PREFIX = f"flexitasks-test-{uuid.uuid4().hex[:12]}"
 N = 50
@@ -306,6 +308,17 @@ def test_malformed_calls_raise_value_error_before_redis(env: Env, op: Operation)
 
 def test_the_scripts_reply_lists_the_snapshots_fields_in_order(env: Env) -> None:
     assert env.store().reply_fields() == list(BreakerSnapshot.REPLY_FIELDS)
+
+
+@pytest.mark.parametrize(
+    "package, name", [("flexitasks.breaker", "transition.lua"), ("flexitasks.limits", "limit.lua")]
+)
+def test_each_script_takes_the_clock_and_number_rules_from_the_one_prelude(package: str, name: str) -> None:
+    source = script_source(package, name)
+    prelude = importlib.resources.files("flexitasks").joinpath(PRELUDE).read_text("utf-8")
+    assert source.startswith(prelude)
+    for helper in ("fmt", "finite", "clock"):
+        assert source.count(f"local function {helper}(") == 1, helper
 
 
 @pytest.mark.parametrize(

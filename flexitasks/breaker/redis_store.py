@@ -24,7 +24,6 @@ EVALSHA share a Redis Cluster slot:
 from __future__ import annotations
 
 import functools
-import importlib.resources
 import random
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -36,7 +35,7 @@ from flexitasks.breaker.schema import BreakerSnapshot, BreakerState
 from flexitasks.breaker.store import BreakerPolicy, OperationStore, StoreResult
 from flexitasks.errors import FlexitasksError
 from flexitasks.keys import by_slot, provider_key
-from flexitasks.script_clock import clock_arg
+from flexitasks.script_clock import clock_arg, script_source
 
 __all__ = ["BreakerStoreError", "InvalidBreakerOperation", "RedisBreakerStore"]
 
@@ -63,7 +62,7 @@ class InvalidBreakerOperation(BreakerStoreError, ValueError):
 
 @functools.lru_cache(maxsize=1)
 def _script_source() -> str:
-    return importlib.resources.files("flexitasks.breaker").joinpath("transition.lua").read_text("utf-8")
+    return script_source("flexitasks.breaker", "transition.lua")
 
 
 @functools.lru_cache(maxsize=128)

@@ -2,8 +2,8 @@
 --
 -- A port of flexitasks/breaker/machine.py (the rules live there, one operation object
 -- each; change both together, tests/test_breaker_store_model.py compares them step by
--- step). Loaded once by
--- redis_store.py with SCRIPT LOAD / EVALSHA. Nothing else writes these keys.
+-- step). Loaded once by redis_store.py with SCRIPT LOAD / EVALSHA, after the prelude
+-- flexitasks/script_clock.lua (fmt, finite, clock). Nothing else writes these keys.
 --
 -- Operations (ARGV[1]):
 --   record_failure | record_success | admit | probe_result | cool_down | force
@@ -30,17 +30,6 @@ local FIELDS = {'state', 'generation', 'open_until', 'reopen_count', 'probe_owne
 local REPLY = {'state', 'generation', 'open_until', 'reopen_count', 'probe_owner',
                'probe_until', 'probe_successes', 'failures', 'calls', 'reason', 'now'}
 
--- Shortest decimal that reads back as exactly x: stored and published times must
--- compare equal to the Python model, and Lua's own tostring keeps only 14 digits.
-local function fmt(x)
-  local s = string.format('%.15g', x)
-  if tonumber(s) ~= x then
-    s = string.format('%.16g', x)
-    if tonumber(s) ~= x then s = string.format('%.17g', x) end
-  end
-  return s
-end
-
 -- JSON float; cjson would print 14 significant digits (100 us at epoch scale).
 local function jfloat(x)
   local s = fmt(x)
@@ -51,18 +40,6 @@ end
 local function jstr(s)
   if s == nil or s == '' then return 'null' end
   return cjson.encode(s)
-end
-
-local function finite(s)
-  local x = tonumber(s)
-  if x == nil or x ~= x or x == math.huge or x == -math.huge then return nil end
-  return x
-end
-
-local function clock(arg)
-  if arg ~= nil and arg ~= '' then return finite(arg) end
-  local t = redis.call('TIME')
-  return tonumber(t[1]) + tonumber(t[2]) / 1000000
 end
 
 local function bucket_of(now, window)

@@ -2,7 +2,8 @@
 --
 -- A port of flexitasks/limits/machine.py, gcra.py and leases.py (the rules live there;
 -- change both together, tests/test_limits_model.py compares them step by step).
--- Loaded once by redis_backend.py (SCRIPT LOAD / EVALSHA). Nothing else writes these keys.
+-- Loaded once by redis_backend.py (SCRIPT LOAD / EVALSHA), after the prelude
+-- flexitasks/script_clock.lua (fmt, finite, clock). Nothing else writes these keys.
 --
 --   check | finish
 --     KEYS[1] hash {rpm_tat, tpm_tat}, KEYS[2] sorted set lease -> expiry
@@ -19,28 +20,6 @@
 -- Floats travel as strings (a Lua number reply would be cut to an integer).
 
 local STATE_TTL = 86400
-
--- Shortest decimal that reads back as exactly x (Lua's tostring keeps 14 digits).
-local function fmt(x)
-  local s = string.format('%.15g', x)
-  if tonumber(s) ~= x then
-    s = string.format('%.16g', x)
-    if tonumber(s) ~= x then s = string.format('%.17g', x) end
-  end
-  return s
-end
-
-local function finite(s)
-  local x = tonumber(s)
-  if x == nil or x ~= x or x == math.huge or x == -math.huge then return nil end
-  return x
-end
-
-local function clock(arg)
-  if arg ~= nil and arg ~= '' then return finite(arg) end
-  local t = redis.call('TIME')
-  return tonumber(t[1]) + tonumber(t[2]) / 1000000
-end
 
 local function bad(msg)
   return redis.error_reply('LIMITS_BADARG ' .. msg)

@@ -19,7 +19,6 @@ EVALSHA's keys share a Redis Cluster slot):
 from __future__ import annotations
 
 import functools
-import importlib.resources
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -29,14 +28,14 @@ from flexitasks.keys import by_slot, provider_key
 from flexitasks.limits.backend import LimiterError
 from flexitasks.limits.machine import LimitView, Verdict
 from flexitasks.limits.policy import LIMITS, LimitPolicy
-from flexitasks.script_clock import clock_arg
+from flexitasks.script_clock import clock_arg, script_source
 
 __all__ = ["RedisLimiterBackend"]
 
 
 @functools.lru_cache(maxsize=1)
 def _script_source() -> str:
-    return importlib.resources.files("flexitasks.limits").joinpath("limit.lua").read_text("utf-8")
+    return script_source("flexitasks.limits", "limit.lua")
 
 
 def _num(value: float | int | None) -> str:
