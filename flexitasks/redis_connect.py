@@ -5,6 +5,9 @@ Owns turning ``[sync]`` settings into a redis-py client: ``redis://``/``rediss:/
 (kombu's form, so one string serves broker, results and breakers:
 ``sentinel://:pw@h1:26379/0;sentinel://h2:26379``) resolved through the sentinels to the
 current master of ``master_name``. Decides nothing about breakers, never retries: callers degrade.
+
+``aconnect`` is the same for ``redis.asyncio``: the asyncio producers' clients (``streaming/aio.py``) of
+``[sync]`` and of a Redis or Sentinel result backend, so a URL that serves the workers serves them alike.
 """
 
 from __future__ import annotations
@@ -13,7 +16,12 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote, urlsplit
 
 import redis
+import redis.asyncio as aioredis
+from redis.asyncio.cluster import RedisCluster as AsyncRedisCluster
+from redis.asyncio.sentinel import Sentinel as AsyncSentinel
+from redis.asyncio.sentinel import SentinelConnectionPool as AsyncSentinelConnectionPool
 from redis.cluster import RedisCluster
+from redis.exceptions import RedisClusterException
 from redis.sentinel import Sentinel
 
 if TYPE_CHECKING:
@@ -71,3 +79,40 @@ def sync_client(sync: SyncSettings) -> redis.Redis:
     """The client of ``[sync]``: breakers, their events, process views, limits."""
     return connect(sync.redis_url, socket_timeout=sync.socket_timeout, master_name=sync.master_name,
                    cluster=sync.cluster)
+
+
+class _BlockingSentinelPool(AsyncSentinelConnectionPool, aioredis.BlockingConnectionPool):
+    """Sentinel's master pool that makes a caller wait for a free connection, as
+    ``BlockingConnectionPool`` does for a single Redis, instead of failing when all are busy."""
+
+
+def aconnect(url: str, *, socket_timeout: float | None, connect_timeout: float, max_connections: int,
+             master_name: str | None = None, cluster: bool = False,
+             sentinel_kwargs: dict[str, Any] | None = None) -> aioredis.Redis:
+    """A ``redis.asyncio`` client for ``url``, to be used from one event loop only.
+
+    A single Redis or Sentinel's master: at most ``max_connections``, a caller waits for a
+    free one. A Cluster: at most ``max_connections`` per node, one more raises
+    ``MaxConnectionsError`` (redis-py's cluster client cannot wait), so the caller bounds
+    its concurrency. ``sentinel_kwargs``: for the sentinels themselves (Celery's transport
+    option of that name, e.g. their password); default: the timeouts. A malformed URL or a
+    missing ``master_name`` raises ``ValueError`` here, before any connection is made.
+    """
+    timeouts: dict[str, Any] = {"socket_timeout": socket_timeout, "socket_connect_timeout": connect_timeout}
+    try:
+        if url.startswith(SENTINEL_SCHEME):
+            if not master_name:
+                raise ValueError("a sentinel:// URL needs master_name")
+            nodes, db, username, password = sentinel_nodes(url)
+            probes = {"socket_timeout": connect_timeout, "socket_connect_timeout": connect_timeout}
+            sentinel = AsyncSentinel(nodes, sentinel_kwargs={**probes, **(sentinel_kwargs or {})}, **timeouts)
+            return sentinel.master_for(master_name, connection_pool_class=_BlockingSentinelPool, db=db,
+                                       username=username, password=password, max_connections=max_connections,
+                                       timeout=None)
+        if cluster:
+            # Typed as Redis for the callers' sake: a RedisCluster speaks the same commands.
+            return AsyncRedisCluster.from_url(url, max_connections=max_connections, **timeouts)  # type: ignore[return-value]
+        pool = aioredis.BlockingConnectionPool.from_url(url, max_connections=max_connections, timeout=None, **timeouts)
+        return aioredis.Redis(connection_pool=pool)
+    except RedisClusterException as exc:  # a db other than 0, a unix socket: not for a Cluster
+        raise ValueError(str(exc)) from None

@@ -8,6 +8,13 @@ thread is the one that hands messages to the broker (kombu's client is blocking)
 
 Subscribe, then GET: a result stored before the subscription is read, one stored
 after it is received, and Celery stores and publishes in one MULTI, so none is missed.
+
+Which Redis (``redis_connect.aconnect``, the same URLs the workers use): the result backend
+is a single Redis or, ``sentinel://``, the master Celery's backend resolves (it writes and
+publishes there, so the pub/sub is on the master too); Celery has no Redis Cluster result
+backend. The ``[sync]`` Redis, where the streams are, may also be a Cluster: a stream is one
+key per task, read and written one key per command, so it needs no hash tag and streams
+spread over the slots.
 """
 
 from __future__ import annotations
@@ -29,8 +36,9 @@ from celery.exceptions import TimeoutError as CeleryTimeoutError
 from celery.result import AsyncResult
 from redis.exceptions import RedisError
 
-from flexitasks.celery_app import app
+from flexitasks.celery_app import FlexitasksApp, app
 from flexitasks.errors import ConfigError
+from flexitasks.redis_connect import SENTINEL_SCHEME, aconnect
 from flexitasks.streaming.client import BATCH, POLL, block_ms, enqueue, read_entries, time_left
 from flexitasks.streaming.events import Replay, stream_key
 
@@ -38,7 +46,7 @@ log = logging.getLogger(__name__)
 
 STREAM_CONNECTIONS = 256
 """Streams one event loop reads at once (each XREAD BLOCK holds a connection for up to
-``POLL``); more ``astream_chat`` calls wait for a free connection."""
+``POLL``); more ``astream_chat`` calls wait their turn."""
 RESULT_CONNECTIONS = 16
 """Connections for the GETs of ``achat`` (short commands; the waiting is on one pub/sub)."""
 
@@ -155,29 +163,53 @@ class ResultWaiter:
 @dataclass
 class _LoopClients:
     streams: aioredis.Redis
+    stream_slots: asyncio.Semaphore  # XREAD BLOCKs in flight: a Cluster client cannot wait for a connection
     prefix: str
     results: ResultWaiter
 
 
 _per_loop: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _LoopClients] = weakref.WeakKeyDictionary()
 
+RESULT_SCHEMES = ("redis://", "rediss://", "unix://", SENTINEL_SCHEME)
+"""Celery's Redis result backends (it has none for a Redis Cluster): where ``achat`` subscribes."""
+
 
 def _clients() -> _LoopClients:
     loop = asyncio.get_running_loop()
     held = _per_loop.get(loop)
     if held is None:
-        backend_url = str(app.conf.result_backend or "")
-        if not backend_url.startswith(("redis://", "rediss://", "unix://")):
-            raise ConfigError(f"achat/astream_chat need a Redis result backend, not {backend_url.split(':')[0]!r}")
-        sync = app.settings.sync
-        # Pools that make callers wait for a connection instead of failing when they are all busy.
-        streams = aioredis.Redis(connection_pool=aioredis.BlockingConnectionPool.from_url(
-            sync.redis_url, max_connections=STREAM_CONNECTIONS, timeout=None,
-            socket_timeout=POLL + sync.socket_timeout, socket_connect_timeout=sync.socket_timeout))
-        results = aioredis.Redis(connection_pool=aioredis.BlockingConnectionPool.from_url(
-            backend_url, max_connections=RESULT_CONNECTIONS, timeout=None, socket_connect_timeout=sync.socket_timeout))
-        held = _per_loop[loop] = _LoopClients(streams, sync.key_prefix, ResultWaiter(results, app.backend))
+        held = _per_loop[loop] = _new_clients(app)
     return held
+
+
+def _new_clients(celery_app: FlexitasksApp) -> _LoopClients:
+    """This loop's clients: the result backend's Redis as Celery's backend reaches it (the
+    master named in its transport options if ``sentinel://``), the ``[sync]`` Redis as the
+    workers' stream writers do (single, Sentinel's master or a Cluster). Connects nothing yet."""
+    sync = celery_app.settings.sync
+    backend_url = str(celery_app.conf.result_backend or "")
+    if not backend_url.startswith(RESULT_SCHEMES):
+        raise ConfigError(f"achat/astream_chat need a Redis result backend, not {backend_url.split(':')[0]!r}")
+    transport = celery_app.conf.result_backend_transport_options or {}
+    results = _connect("celery.result_backend", "celery.master_name", backend_url, socket_timeout=None,
+                       connect_timeout=sync.socket_timeout, max_connections=RESULT_CONNECTIONS,
+                       master_name=transport.get("master_name"), sentinel_kwargs=transport.get("sentinel_kwargs"))
+    streams = _connect("sync.redis_url", "sync.master_name", sync.redis_url, socket_timeout=POLL + sync.socket_timeout,
+                       connect_timeout=sync.socket_timeout, max_connections=STREAM_CONNECTIONS,
+                       master_name=sync.master_name, cluster=sync.cluster)
+    return _LoopClients(streams, asyncio.Semaphore(STREAM_CONNECTIONS), sync.key_prefix,
+                        ResultWaiter(results, celery_app.backend))
+
+
+def _connect(setting: str, master_setting: str, url: str, **options: Any) -> aioredis.Redis:
+    """``aconnect``, its errors as a ``ConfigError`` naming the setting (the URL is not
+    echoed: it may hold a password)."""
+    if url.startswith(SENTINEL_SCHEME) and not options.get("master_name"):
+        raise ConfigError(f"{setting} is a sentinel:// URL: {master_setting} is required")
+    try:
+        return aconnect(url, **options)
+    except ValueError as exc:
+        raise ConfigError(f"{setting}: {exc}") from None
 
 
 async def achat(messages: list[dict[str, Any]], *, timeout: float | None = None, **options: Any) -> Any:
@@ -198,7 +230,9 @@ async def astream_chat(
     key, replay, last = stream_key(clients.prefix, task_id), Replay(), "0-0"
 
     while True:
-        reply = await clients.streams.xread({key: last}, count=BATCH, block=block_ms(time_left(deadline, loop.time())))
+        async with clients.stream_slots:
+            block = block_ms(time_left(deadline, loop.time()))
+            reply = await clients.streams.xread({key: last}, count=BATCH, block=block)
         if not reply:
             ready, value = await clients.results.peek(task_id)
             if ready:
