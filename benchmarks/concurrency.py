@@ -1,8 +1,9 @@
 """Concurrency: many slow calls in one threads-pool worker, against the hand-written task (issue 8).
 
 For C = 4, 32, 128, 256: one ``celery worker --pool threads --concurrency C`` for
-``chat_task`` and one for the plain Celery task calling the OpenAI SDK, not streamed
-(``benchmarks/plain_tasks.py``); both fakes answer after 1 s (their ``latency`` fault),
+``chat_task``, one for the plain Celery task calling the OpenAI SDK, not streamed
+(``benchmarks/plain_tasks.py``), and one for a plain task that only sleeps as long as a
+call takes (Celery's own ceiling on this machine, queue ``nap``); both fakes answer after 1 s (their ``latency`` fault),
 so the ceiling is C calls/s. A producer keeps C tasks in flight (C threads, each sending
 a task and waiting for its result) for a fixed time per variant; calls/s counts the
 answers that arrive after a ramp-up, p50/p99 is the producer's round trip, and the
@@ -28,6 +29,7 @@ from benchmarks.common import Fakes, Table, log, num, percentile
 LEVELS = (4, 32, 128, 256)
 LATENCY = 1.0  # seconds every fake call takes: the limit is C calls/s
 RAMP = 2.0  # seconds of each window not counted: the first answers of C tasks sent at once
+NAP = "plain task that only sleeps (Celery's ceiling)"
 
 
 @dataclass
@@ -80,27 +82,30 @@ def keep_in_flight(send: Callable[[], Any], row: Row, on_loaded: Callable[[], No
 
 
 def _measure(quick: bool) -> list[Table]:
-    from benchmarks.overhead import _variants, rss_mb, start_worker, stop_worker, wait_ready, worker_cpu
+    from benchmarks.overhead import Variant, _variants, rss_mb, start_worker, stop_worker, wait_ready, worker_cpu
 
     variants, _ = _variants()  # sets the producer's app to the overhead config (request deadline 120 s)
-    flexi, plain = variants[0], variants[1]
+    from benchmarks import plain_tasks  # after _variants has set the environment it reads at import
+    nap = Variant(NAP, lambda: plain_tasks.nap.apply_async((LATENCY,), queue="nap"))
+    measured = (variants[0], variants[1], nap)
     seconds = 8.0 if quick else 15.0
-    rows: list[tuple[Row, Row]] = []
+    rows: list[tuple[Row, ...]] = []
     for c in LEVELS:
-        log(f"concurrency C={c}: a flexitasks and a plain worker, --pool threads --concurrency {c}, {seconds:g} s each")
-        pair = (Row(flexi.name, c, seconds), Row(plain.name, c, seconds))
+        log(f"concurrency C={c}: a flexitasks and two plain workers, --pool threads --concurrency {c}, "
+            f"{seconds:g} s each")
+        group = tuple(Row(v.name, c, seconds) for v in measured)
         workers = [start_worker("flexitasks", f"ft-conc{c}", pool="threads", concurrency=c),
-                   start_worker("benchmarks.plain_tasks", f"plain-conc{c}", "-Q", "plain", pool="threads",
-                                concurrency=c)]
+                   *(start_worker("benchmarks.plain_tasks", f"{queue}-conc{c}", "-Q", queue, pool="threads",
+                                  concurrency=c) for queue in ("plain", "nap"))]
         try:
-            for worker, v in zip(workers, (flexi, plain), strict=True):
+            for worker, v in zip(workers, measured, strict=True):
                 wait_ready(worker, v.send, children=0)
             time.sleep(1.0)
-            for worker, v, row in zip(workers, (flexi, plain), pair, strict=True):
+            for worker, v, row in zip(workers, measured, group, strict=True):
                 row.idle_rss = rss_mb(worker.pid)
                 warm = Row(row.name, c, min(3.0, seconds))  # opens the worker's and producer's connections
                 keep_in_flight(v.send, warm, lambda: None)
-            for worker, v, row in zip(workers, (flexi, plain), pair, strict=True):
+            for worker, v, row in zip(workers, measured, group, strict=True):
                 cpu0 = worker_cpu(worker)
 
                 def loaded(worker: Any = worker, row: Row = row) -> None:
@@ -113,19 +118,19 @@ def _measure(quick: bool) -> list[Table]:
         finally:
             for worker in workers:
                 stop_worker(worker)
-        rows.append(pair)
+        rows.append(group)
     return [_table(rows, seconds)]
 
 
-def _table(rows: list[tuple[Row, Row]], seconds: float) -> Table:
+def _table(rows: list[tuple[Row, ...]], seconds: float) -> Table:
     table = Table(
         f"Concurrency: one --pool threads worker, C calls in flight, the fake answering in {LATENCY:g} s",
         ["C", "task", "calls/s", "of the limit C/1 s", "vs hand-written", "p50 ms", "p99 ms", "failed",
          "worker CPU ms / call", "worker RSS MB idle -> loaded", "RSS KB / call in flight"],
     )
-    for flexi, plain in rows:
-        base = plain.rate(0.0)
-        for row in (flexi, plain):
+    for group in rows:
+        base = group[1].rate(0.0)
+        for row in group:
             rate, rts, limit = row.rate(0.0), row.counted(0.0), row.concurrency / LATENCY
             calls = len(row.answers)
             per_call = (row.loaded_rss - row.idle_rss) * 1024 / row.concurrency
@@ -142,6 +147,9 @@ def _table(rows: list[tuple[Row, Row]], seconds: float) -> Table:
         "task at the same C. The producer, both fakes, Redis and the worker share the machine's cores.",
         "RSS of the worker process (threads pool: one process) from /proc, idle after start and with C calls "
         "in flight at the end of the window.",
+        f"{NAP}: a plain Celery task that only sleeps {LATENCY:g} s (no HTTP, no provider): what Celery's "
+        "threads pool, the Redis broker and this producer reach at C on this machine, the ceiling of any "
+        "task that waits on a provider.",
     ]
     return table
 

@@ -14,6 +14,7 @@ environment, so this module imports nothing of flexitasks.
 from __future__ import annotations
 
 import os
+import time
 from functools import cache
 from typing import Any
 
@@ -89,3 +90,10 @@ def litellm_router(messages: list[dict[str, Any]], max_tokens: int = 256) -> dic
     r = _router(os.getpid()).completion(model="primary", messages=messages, max_tokens=max_tokens)
     return {"content": r.choices[0].message.content, "finish_reason": r.choices[0].finish_reason,
             "input_tokens": r.usage.prompt_tokens, "output_tokens": r.usage.completion_tokens}
+
+
+@app.task(name="plain.nap", acks_late=True)
+def nap(seconds: float) -> dict[str, Any]:
+    """No provider at all, only the wait: the ceiling of Celery's own pool (concurrency.py)."""
+    time.sleep(seconds)
+    return {"slept": seconds}
