@@ -1,4 +1,4 @@
-"""Profile a real ``chat_task`` worker with py-spy: ``python -m benchmarks.profile_worker [SECONDS]``.
+"""Profile a real ``chat_task`` worker with py-spy: ``python -m benchmarks.profile_worker [SECONDS] [--plain]``.
 
 Starts the fake providers and a ``celery -A flexitasks worker`` (4 prefork children), keeps
 it busy with bursts of ``chat_task`` while ``py-spy record`` samples the main process and
@@ -52,13 +52,16 @@ def top(raw: Path, n: int = TOP) -> tuple[list[tuple[str, float]], list[tuple[st
     return share(own), share(total), samples
 
 
-def profile(seconds: float = 20.0) -> Path:
+def profile(seconds: float = 20.0, plain: bool = False) -> Path:
+    """py-spy's raw samples of a busy worker: ``chat_task``'s, or with ``plain`` the
+    hand-written SDK task's (``benchmarks/plain_tasks.py``), the same way."""
     spy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
     fakes = Fakes().start()
     variants, _ = _variants()
-    flexi = variants[0]
-    worker = start_worker("flexitasks", "ft-profile")
-    out = LOG_FILE.parent / "worker-profile.txt"
+    flexi = variants[1] if plain else variants[0]
+    worker = (start_worker("benchmarks.plain_tasks", "plain-profile", "-Q", "plain") if plain
+              else start_worker("flexitasks", "ft-profile"))
+    out = LOG_FILE.parent / ("plain-worker-profile.txt" if plain else "worker-profile.txt")
     stop = threading.Event()
     try:
         wait_ready(worker, flexi.send)
@@ -84,7 +87,7 @@ def profile(seconds: float = 20.0) -> Path:
 
 def markdown(raw: Path) -> str:
     own, total, samples = top(raw)
-    lines = [f"{samples} samples of a busy `chat_task` worker (main process + 4 children), taken only from "
+    lines = [f"{samples} samples of a busy worker (main process + 4 children), taken only from "
              "threads holding the GIL (Python on CPU)", "",
              "| own % | function (any) | | total % | flexitasks function (with callees) |", "|---:|---|---|---:|---|"]
     for (f1, s1), (f2, s2) in zip(own, total, strict=False):
@@ -93,4 +96,5 @@ def markdown(raw: Path) -> str:
 
 
 if __name__ == "__main__":
-    print(markdown(profile(float(sys.argv[1]) if len(sys.argv) > 1 else 20.0)))
+    args = [a for a in sys.argv[1:] if a != "--plain"]
+    print(markdown(profile(float(args[0]) if args else 20.0, plain="--plain" in sys.argv)))

@@ -66,7 +66,7 @@ class MetricsRecorder:
         self.interval = interval
         self.clock = clock
         self._lock = threading.Lock()
-        self._totals: dict[str, float] = {}
+        self._totals: dict[tuple[str, ...], float] = {}
         self._recent: dict[int, dict[str, float]] = {}
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -76,15 +76,15 @@ class MetricsRecorder:
         """Add one run's observations; no I/O (the flush thread writes them)."""
         bucket = int(self.clock() // RECENT_BUCKET)
         with self._lock:
-            totals = self._totals
+            totals = self._totals  # keyed by (name, *labels): JSON-encoded once per flush, not per call
             for (name, labels), value in obs.counters.items():
-                field = json.dumps([name, *labels])
+                field = (name, *labels)
                 totals[field] = totals.get(field, 0.0) + value
             for histogram, provider, seconds in obs.samples:
                 for field, value in (
-                    (json.dumps([f"{histogram}_bucket", provider, bucket_label(histogram, seconds)]), 1.0),
-                    (json.dumps([f"{histogram}_sum", provider]), seconds),
-                    (json.dumps([f"{histogram}_count", provider]), 1.0),
+                    ((f"{histogram}_bucket", provider, bucket_label(histogram, seconds)), 1.0),
+                    ((f"{histogram}_sum", provider), seconds),
+                    ((f"{histogram}_count", provider), 1.0),
                 ):
                     totals[field] = totals.get(field, 0.0) + value
             recent = self._recent.setdefault(bucket, {})
@@ -105,7 +105,7 @@ class MetricsRecorder:
             pipe = self.client.pipeline(transaction=False)
             tkey = totals_key(self.prefix)
             for field, value in totals.items():
-                pipe.hincrbyfloat(tkey, field, value)
+                pipe.hincrbyfloat(tkey, json.dumps(field), value)
             pipe.expire(tkey, TOTALS_TTL)
             for bucket, fields in recent.items():
                 rkey = recent_key(self.prefix, bucket)
@@ -121,7 +121,7 @@ class MetricsRecorder:
             self._merge_back(totals, recent)
             return False
 
-    def _merge_back(self, totals: dict[str, float], recent: dict[int, dict[str, float]]) -> None:
+    def _merge_back(self, totals: dict[tuple[str, ...], float], recent: dict[int, dict[str, float]]) -> None:
         oldest = int(self.clock() // RECENT_BUCKET) - RECENT_TTL // RECENT_BUCKET
         with self._lock:
             for field, value in totals.items():

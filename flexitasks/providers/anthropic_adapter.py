@@ -1,6 +1,6 @@
 """Anthropic's Messages API: the official ``anthropic`` SDK builds the request,
 authenticates and raises its typed errors for HTTP error statuses; the events are read
-directly (``sse.py``, one ``json.loads`` each), without a typed SDK object per event.
+directly (``sse.py``, one ``orjson.loads`` each), without a typed SDK object per event.
 
 System messages become the ``system`` parameter. An answer is complete once
 ``message_delta`` carries the ``stop_reason`` (with the output usage); ``message_stop``
@@ -15,6 +15,7 @@ import json
 from typing import Any
 
 import anthropic
+import orjson
 
 from flexitasks.config import ProviderSettings
 from flexitasks.failures import FailureKind, ProviderFailure
@@ -53,7 +54,7 @@ class _Answer:
         self._reading = reading
 
     def feed(self, name: str, data: bytes) -> None:
-        event = json.loads(data)
+        event = orjson.loads(data)
         if not isinstance(event, dict):
             raise ProviderFailure(FailureKind.TRUNCATED, "malformed stream event (not a JSON object)")
         kind = event.get("type") or name

@@ -1,6 +1,6 @@
 """OpenAI and OpenAI-compatible endpoints: the official ``openai`` SDK builds the request,
 authenticates and raises its typed errors for HTTP error statuses; the answer's SSE lines
-are read directly (``sse.py``, one ``json.loads`` per chunk), without a typed SDK object
+are read directly (``sse.py``, one ``orjson.loads`` per chunk), without a typed SDK object
 per chunk, which cost about four times the rest of the call's parsing.
 
 The request goes through the SDK's documented ``client.post(path, cast_to=httpx2.Response,
@@ -18,11 +18,11 @@ mid-stream) is the provider's failure, classified by its type.
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 import httpx2
 import openai
+import orjson
 
 from flexitasks.config import ProviderSettings
 from flexitasks.failures import FailureKind, ProviderFailure
@@ -67,7 +67,7 @@ class _Answer:
         if data == b"[DONE]":
             self.ended = True
             return
-        chunk = json.loads(data)
+        chunk = orjson.loads(data)
         if not isinstance(chunk, dict):
             raise ProviderFailure(FailureKind.TRUNCATED, "malformed stream chunk (not a JSON object)")
         if name == "error" or chunk.get("error"):  # some proxies send "error": null in every chunk

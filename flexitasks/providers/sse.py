@@ -1,7 +1,7 @@
 """Server-sent events read straight off the response bytes, for the adapters' lean path.
 
 Owns only the SSE framing (lines, ``event:``/``data:`` fields, the blank line that ends an
-event); the adapters decode each event's data with one ``json.loads`` and own its meaning.
+event); the adapters decode each event's data with one ``orjson.loads`` and own its meaning.
 Building a typed SDK object per chunk costs about 4x the whole JSON decode (FACTS.md), so
 this stays a few lines of bytes handling. Lines end with ``\\n`` or ``\\r\\n`` (what every
 LLM API sends); a bare ``\\r`` is not taken as a line end. Knows nothing of HTTP or deadlines.
