@@ -51,6 +51,7 @@ stall_timeout = 5.0
 [celery]
 broker_url = "{redis_url}"
 result_backend = "{redis_url}"
+result_expires = 900.0  # a benchmark's results are read at once; thousands per run must not pile up
 
 [sync]
 redis_url = "{redis_url}"

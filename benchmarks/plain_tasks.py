@@ -33,6 +33,7 @@ app.conf.update(
     task_default_queue=QUEUE,
     task_acks_late=True,  # as flexitasks: a killed worker loses no request
     worker_prefetch_multiplier=1,
+    result_expires=900,  # as the flexitasks app of the benchmarks: read at once, not kept a day
     broker_connection_retry_on_startup=True,
     worker_hijack_root_logger=False,
 )
