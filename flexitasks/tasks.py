@@ -112,7 +112,7 @@ def chat_task(self: Task, messages: list[dict[str, Any]], **options: Any) -> dic
         carried = {DEADLINE_HEADER: deadline, COMEBACKS_HEADER: comebacks, RESUME_HEADER: None}
         raise self.retry(exc=exc, countdown=countdown, headers=delivery.retry_headers(headers, carried),
                          max_retries=self.request.retries + 1) from None
-    result.cost_usd = record_run(flexi, "ok", result.attempts, result.provider, result.usage)
-    answer = result.model_dump()
+    answer = result.model_dump()  # once: the metrics read the same plain dicts
+    answer["cost_usd"] = record_run(flexi, "ok", answer["attempts"], answer["provider"], answer["usage"])
     arrival.answered(answer)
     return answer
