@@ -52,7 +52,7 @@ def test_a_flood_of_tasks_against_faulty_providers_loses_none_and_matches_the_pr
     assert tally.answered + tally.failed == TASKS == len(set(ids))
     assert tally.answered >= TASKS * 0.98, (tally.answered, tally.failed)
     for name in ("primary", "secondary"):
-        assert expected(tally.calls[name]) == seen_by(stats[name]), (name, stats[name])
+        assert expected(tally.calls[name]) == seen_by(stats[name]), (name, dict(tally.calls[name]), stats[name])
     # the faults really happened, on both providers
     assert all(stats[n]["by_status"].get("500", 0) and stats[n]["by_status"].get("429", 0)
                and stats[n]["by_fault"].get("truncate", 0) for n in stats), stats
