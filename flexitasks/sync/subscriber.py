@@ -211,7 +211,7 @@ class Subscriber:
         """Into or out of ``forced_open``/``disabled``: an event alone never decides that."""
         operator = (BreakerState.FORCED_OPEN, BreakerState.DISABLED)
         current = self.mirror.get(event.provider).snapshot.state
-        return current in operator or getattr(event, "state", None) in operator
+        return current in operator or (isinstance(event, TransitionEvent) and event.state in operator)
 
     def _confirm(self, provider: str) -> None:
         """Apply what the store says rather than the event: anyone who can PUBLISH can send an
