@@ -321,3 +321,23 @@ def test_cli_serves_and_stops_on_sigterm() -> None:
         if proc.poll() is None:
             proc.kill()
         proc.stdout.close()  # type: ignore[union-attr]
+
+
+def test_a_call_that_began_before_a_reset_is_not_counted_after_it(fake: FakeProvider, oai: openai.OpenAI) -> None:
+    """A slow call of an earlier test that ends after the counters were zeroed must not add a
+    status the new counters never saw arrive (the flood test compares them call for call)."""
+    fake.admin.reset()
+    fake.admin.set_fault(latency=1.0)
+    slow = threading.Thread(target=_chat, args=(oai,))
+    slow.start()
+    deadline = time.monotonic() + 10
+    while fake.admin.stats()["in_flight"] < 1:
+        assert time.monotonic() < deadline, "the slow call never reached the fake"
+        time.sleep(0.01)
+    fake.admin.reset()  # zeroes the counters while that call is still being served
+    slow.join(10)
+    stats = fake.admin.stats()
+    assert (stats["requests"], stats["by_status"], stats["by_fault"]) == (0, {}, {})
+    _chat(oai)  # a call after the reset is counted as before
+    stats = fake.admin.stats()
+    assert (stats["requests"], stats["by_status"]) == (1, {"200": 1})

@@ -100,7 +100,10 @@ class _State:
         self.reset()
 
     def reset(self) -> None:
+        """Zero the counters and the log. A request that arrived before the reset and ends after
+        it (a slow call of an earlier test) is not counted in them: its entry is of an older epoch."""
         with self.lock:
+            self.epoch: int = getattr(self, "epoch", 0) + 1
             self.fault: Fault | None = None
             self.remaining: int | None = None
             self.seq = 0
@@ -120,7 +123,7 @@ class _State:
         with self.lock:
             self.seq += 1
             self.by_path[path] += 1
-            entry = {"seq": self.seq, "t": time.time(), "mono": time.monotonic(), "path": path,
+            entry = {"seq": self.seq, "epoch": self.epoch, "t": time.time(), "mono": time.monotonic(), "path": path,
                      "model": model if isinstance(model, str) else None, "stream": stream,
                      "fault": None, "status": None, "images": images or []}
             self.log.append(entry)
@@ -141,13 +144,15 @@ class _State:
                 if self.remaining <= 0:
                     self.fault = self.remaining = None
             entry["fault"] = fault.label()
-            self.by_fault[entry["fault"]] += 1
+            if entry["epoch"] == self.epoch:
+                self.by_fault[entry["fault"]] += 1
             return fault
 
     def finish(self, entry: dict[str, Any], status: int) -> None:
         with self.lock:
             entry["status"] = status
-            self.by_status[str(status)] += 1
+            if entry["epoch"] == self.epoch:
+                self.by_status[str(status)] += 1
 
     def stats(self) -> dict[str, Any]:
         with self.lock:
