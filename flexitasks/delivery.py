@@ -37,6 +37,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import redis
+from celery.backends.base import BaseKeyValueStoreBackend
 
 from flexitasks.config import Settings
 from flexitasks.errors import RedeliveredTooOften, RequestExpired
@@ -98,8 +99,6 @@ def results_keep_answers(backend: Any, settings: Settings, ignore_result: bool) 
     """Whether Celery's result backend already holds every answer for as long as its message
     could be redelivered (then no copy of our own is kept): a key-value store the worker can
     read back (not ``rpc://``, not disabled), results stored, and kept long enough."""
-    from celery.backends.base import BaseKeyValueStoreBackend
-
     return (isinstance(backend, BaseKeyValueStoreBackend) and not ignore_result
             and settings.celery.result_expires >= visibility_timeout(settings) + ANSWER_MARGIN)
 
