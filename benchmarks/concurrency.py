@@ -30,6 +30,7 @@ LEVELS = (4, 32, 128, 256)
 LATENCY = 1.0  # seconds every fake call takes: the limit is C calls/s
 RAMP = 2.0  # seconds of each window not counted: the first answers of C tasks sent at once
 NAP = "plain task that only sleeps (Celery's ceiling)"
+SPLIT = "`chat_task`, two workers of C/2 threads"
 
 
 @dataclass
@@ -86,38 +87,49 @@ def _measure(quick: bool) -> list[Table]:
 
     variants, _ = _variants()  # sets the producer's app to the overhead config (request deadline 120 s)
     from benchmarks import plain_tasks  # after _variants has set the environment it reads at import
+    from benchmarks.overhead import MESSAGES
+    from flexitasks import chat_task
+
     nap = Variant(NAP, lambda: plain_tasks.nap.apply_async((LATENCY,), queue="nap"))
-    measured = (variants[0], variants[1], nap)
+    split = Variant(SPLIT, lambda: chat_task.apply_async((MESSAGES,), queue="ft-split"))
     seconds = 8.0 if quick else 15.0
     rows: list[tuple[Row, ...]] = []
     for c in LEVELS:
-        log(f"concurrency C={c}: a flexitasks and two plain workers, --pool threads --concurrency {c}, "
-            f"{seconds:g} s each")
-        group = tuple(Row(v.name, c, seconds) for v in measured)
-        workers = [start_worker("flexitasks", f"ft-conc{c}", pool="threads", concurrency=c),
-                   *(start_worker("benchmarks.plain_tasks", f"{queue}-conc{c}", "-Q", queue, pool="threads",
-                                  concurrency=c) for queue in ("plain", "nap"))]
+        # (variant, its workers: app, name, extra arguments, threads), measured one variant at a time
+        plan: list[tuple[Variant, list[tuple[str, str, tuple[str, ...], int]]]] = [
+            (variants[0], [("flexitasks", f"ft-conc{c}", (), c)]),
+            (variants[1], [("benchmarks.plain_tasks", f"plain-conc{c}", ("-Q", "plain"), c)]),
+            (nap, [("benchmarks.plain_tasks", f"nap-conc{c}", ("-Q", "nap"), c)]),
+        ]
+        if c == max(LEVELS):
+            plan.append((split, [("flexitasks", f"ft-split{i}-conc{c}", ("-Q", "ft-split"), c // 2) for i in (1, 2)]))
+        log(f"concurrency C={c}: {len(plan)} variants, --pool threads, {seconds:g} s each")
+        group = tuple(Row(v.name, c, seconds) for v, _ in plan)
+        workers = [[start_worker(app, name, *extra, pool="threads", concurrency=n) for app, name, extra, n in specs]
+                   for _, specs in plan]
         try:
-            for worker, v in zip(workers, measured, strict=True):
-                wait_ready(worker, v.send, children=0)
+            for procs, (v, _) in zip(workers, plan, strict=True):
+                for proc in procs:
+                    wait_ready(proc, v.send, children=0)
             time.sleep(1.0)
-            for worker, v, row in zip(workers, measured, group, strict=True):
-                row.idle_rss = rss_mb(worker.pid)
+            for procs, (v, _), row in zip(workers, plan, group, strict=True):
+                row.idle_rss = sum(rss_mb(p.pid) for p in procs)
                 warm = Row(row.name, c, min(3.0, seconds))  # opens the worker's and producer's connections
                 keep_in_flight(v.send, warm, lambda: None)
-            for worker, v, row in zip(workers, measured, group, strict=True):
-                cpu0 = worker_cpu(worker)
+            for procs, (v, _), row in zip(workers, plan, group, strict=True):
+                cpu0 = sum(worker_cpu(p) for p in procs)
 
-                def loaded(worker: Any = worker, row: Row = row) -> None:
-                    row.loaded_rss = rss_mb(worker.pid)
+                def loaded(procs: list[Any] = procs, row: Row = row) -> None:
+                    row.loaded_rss = sum(rss_mb(p.pid) for p in procs)
 
                 start = keep_in_flight(v.send, row, loaded)
-                row.cpu_s = worker_cpu(worker) - cpu0
+                row.cpu_s = sum(worker_cpu(p) for p in procs) - cpu0
                 row.answers = [(at - start, rt) for at, rt in row.answers]  # times relative to the start
                 log(f"  {row.name}: {row.rate(0.0):.1f} calls/s, {row.failed} failed")
         finally:
-            for worker in workers:
-                stop_worker(worker)
+            for procs in workers:
+                for proc in procs:
+                    stop_worker(proc)
         rows.append(group)
     return [_table(rows, seconds)]
 
@@ -150,6 +162,8 @@ def _table(rows: list[tuple[Row, ...]], seconds: float) -> Table:
         f"{NAP}: a plain Celery task that only sleeps {LATENCY:g} s (no HTTP, no provider): what Celery's "
         "threads pool, the Redis broker and this producer reach at C on this machine, the ceiling of any "
         "task that waits on a provider.",
+        f"{SPLIT} (largest C only): the same C calls in flight, served by two `--pool threads` workers of "
+        "C/2 threads each on one queue (one process per core); CPU and RSS summed over both.",
     ]
     return table
 
