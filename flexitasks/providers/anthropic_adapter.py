@@ -1,6 +1,10 @@
 """Anthropic's Messages API: the official ``anthropic`` SDK builds the request,
 authenticates and raises its typed errors for HTTP error statuses; the events are read
 directly (``sse.py``, one ``orjson.loads`` each), without a typed SDK object per event.
+As in ``openai_adapter``, the request goes through the SDK's documented ``client.post``
+(same client, auth and version headers, typed errors and timeouts) without the per-call
+parameter transform of ``messages.create``, which changes nothing in the plain-JSON body
+``wire.anthropic_params`` builds.
 
 System messages become the ``system`` parameter. An answer is complete once
 ``message_delta`` carries the ``stop_reason`` (with the output usage); ``message_stop``
@@ -15,6 +19,7 @@ import json
 from typing import Any
 
 import anthropic
+import httpx2
 import orjson
 
 from flexitasks.config import ProviderSettings
@@ -139,11 +144,15 @@ class AnthropicAdapter:
             reading = Reading(self.settings, on_delta)
             answer = _Answer(self.settings.model, watch, reading)
             try:
-                with client.messages.with_streaming_response.create(
-                    **params, timeout=http_timeout(self.settings, budget)
-                ) as response:
-                    for name, data in sse.events(body_chunks(response.http_response), reading.bytes_arrived):
+                response = client.post(
+                    "/v1/messages", cast_to=httpx2.Response, body=params, stream=True,
+                    options={"timeout": http_timeout(self.settings, budget)},
+                )
+                try:
+                    for name, data in sse.events(body_chunks(response), reading.bytes_arrived):
                         answer.feed(name, data)
+                finally:
+                    response.close()
             except Exception as exc:
                 if answer.stop_reason is None:  # after the stop reason the answer is whole, whatever happens
                     raise reading.failed(exc, watch) from None
