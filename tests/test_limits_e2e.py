@@ -115,8 +115,11 @@ def test_a_slow_provider_never_sees_more_calls_than_max_in_flight(fresh: dict[st
 
 def test_with_only_a_limited_provider_tasks_wait_and_finish_in_order_in_time(fresh: dict[str, FakeProvider]) -> None:
     sent = time.time()
-    pending = [app.send_task("flexitasks.chat", args=[[{"role": "user", "content": f"task {i}"}]],
-                             kwargs={"providers": ["limited"]}, queue=QUEUE) for i in range(12)]
+    pending = []
+    for i in range(12):  # 100 ms apart: an order to keep (tasks sent in the same instant have none: 8 children race)
+        pending.append(app.send_task("flexitasks.chat", args=[[{"role": "user", "content": f"task {i}"}]],
+                                     kwargs={"providers": ["limited"]}, queue=QUEUE))
+        time.sleep(0.1)
     results = [r.get(timeout=DEADLINE + 10) for r in pending]
     assert [r["content"] for r in results] == [f"limited: task {i}" for i in range(12)]
     log = fresh["limited"].admin.requests()
