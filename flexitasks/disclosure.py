@@ -28,6 +28,7 @@ from celery.signals import after_setup_logger, after_setup_task_logger
 from flexitasks import delivery, redact
 
 TASK_NAME = "flexitasks.chat"
+"""The chat task's Celery name: the one place it is spelt."""
 HIDDEN_FIELDS = ("content", "parsed", "tool_calls")
 """Result fields that carry the model's answer (or what it was asked)."""
 SHOWN_OPTIONS = ("max_tokens", "temperature", "providers", "stream", "metadata")

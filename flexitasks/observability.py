@@ -23,12 +23,12 @@ from celery._state import get_current_task
 from celery.signals import after_setup_logger, worker_init, worker_process_shutdown
 
 from flexitasks.breaker.store import BreakerState, StoreResult
+from flexitasks.disclosure import TASK_NAME
 from flexitasks.metrics import task_runs
 from flexitasks.signals import breaker_transition
 from flexitasks.transition_log import log_transition
 
 log = logging.getLogger("flexitasks.worker")
-TASK_NAME = "flexitasks.chat"
 
 
 @breaker_transition.connect

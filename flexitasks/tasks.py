@@ -25,7 +25,7 @@ from celery.utils.time import get_exponential_backoff_interval
 from flexitasks import delivery
 from flexitasks.celery_app import FlexitasksApp, app
 from flexitasks.config import CelerySettings
-from flexitasks.disclosure import ChatTask
+from flexitasks.disclosure import TASK_NAME, ChatTask
 from flexitasks.errors import AllProvidersFailed, ContentRejected, InvalidRequest, RequestRejected
 from flexitasks.metrics.task_runs import record_run
 from flexitasks.models import ChatRequest
@@ -54,7 +54,7 @@ def retry_countdown(celery: CelerySettings, retries: int) -> float:
 @app.task(
     base=ChatTask,
     bind=True,
-    name="flexitasks.chat",
+    name=TASK_NAME,
     acks_late=True,
     reject_on_worker_lost=True,
     # No Celery-level limit (as Celery's own chord_unlock): celery.max_task_retries and the

@@ -20,6 +20,7 @@ from celery.exceptions import TimeoutError as CeleryTimeoutError
 from celery.result import AsyncResult
 
 from flexitasks.celery_app import app
+from flexitasks.disclosure import TASK_NAME
 from flexitasks.per_process import PerProcess
 from flexitasks.redis_connect import connect
 from flexitasks.streaming.events import STREAM_HEADER, Replay, decode, stream_key
@@ -29,7 +30,6 @@ POLL = 1.0
 BATCH = 512
 
 
-TASK_NAME = "flexitasks.chat"
 
 
 def _sync_settings() -> Any:
