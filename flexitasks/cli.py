@@ -12,12 +12,11 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import sys
 import time
 from typing import TYPE_CHECKING, Any
 
-from flexitasks.config import load_settings
+from flexitasks.config import load_settings, no_config_warning
 from flexitasks.errors import ConfigError
 from flexitasks.fleet import STATE_COLOURS, reader_for, safe_url
 
@@ -32,16 +31,6 @@ FORCE_TARGETS = {"trip": "forced_open", "reset": "closed", "disable": "disabled"
 
 class UsageError(Exception):
     """A command-line mistake: printed as one line, exit 2."""
-
-
-def no_config_warning() -> str | None:
-    """The loud warning owed when neither FLEXITASKS_CONFIG nor ./flexitasks.toml exists."""
-    from flexitasks.config import config_path
-
-    if os.environ.get("FLEXITASKS_CONFIG") or config_path().exists():
-        return None
-    return ("WARNING: no configuration: FLEXITASKS_CONFIG is not set and ./flexitasks.toml does not exist; "
-            "running on built-in defaults with NO providers (Redis redis://127.0.0.1:6379/0)")
 
 
 def _settings() -> Settings:

@@ -388,6 +388,15 @@ def config_path() -> Path:
     return Path(os.environ.get("FLEXITASKS_CONFIG") or "flexitasks.toml")
 
 
+def no_config_warning() -> str | None:
+    """The loud warning owed when neither FLEXITASKS_CONFIG nor ./flexitasks.toml exists
+    (the CLI prints it, a worker logs it)."""
+    if os.environ.get("FLEXITASKS_CONFIG") or config_path().exists():
+        return None
+    return ("WARNING: no configuration: FLEXITASKS_CONFIG is not set and ./flexitasks.toml does not exist; "
+            "running on built-in defaults with NO providers (Redis redis://127.0.0.1:6379/0)")
+
+
 def _describe(raw: dict[str, Any], loc: tuple[Any, ...]) -> str:
     """'providers[1] (name='claude').kind' rather than pydantic's 'providers.1.kind'."""
     parts: list[str] = []

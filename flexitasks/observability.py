@@ -23,6 +23,7 @@ from celery._state import get_current_task
 from celery.signals import after_setup_logger, worker_init, worker_process_shutdown
 
 from flexitasks.breaker.store import BreakerState, StoreResult
+from flexitasks.config import no_config_warning
 from flexitasks.disclosure import TASK_NAME
 from flexitasks.metrics import task_runs
 from flexitasks.signals import breaker_transition
@@ -58,8 +59,6 @@ def _tag_task_lines(logger: logging.Logger | None = None, **_: Any) -> None:
 
 @worker_init.connect
 def _worker_starts(sender: Any = None, **_: Any) -> None:
-    from flexitasks.cli import no_config_warning
-
     warning = no_config_warning()
     if warning:
         log.warning("flexitasks: %s", warning)
