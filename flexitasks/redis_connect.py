@@ -22,6 +22,7 @@ from redis.asyncio.sentinel import Sentinel as AsyncSentinel
 from redis.asyncio.sentinel import SentinelConnectionPool as AsyncSentinelConnectionPool
 from redis.cluster import RedisCluster
 from redis.exceptions import RedisClusterException
+from redis.retry import Retry
 from redis.sentinel import Sentinel
 
 if TYPE_CHECKING:
@@ -56,9 +57,12 @@ def sentinel_nodes(url: str) -> tuple[list[tuple[str, int]], int, str | None, st
 
 
 def connect(url: str, *, socket_timeout: float, master_name: str | None = None,
-            cluster: bool = False) -> redis.Redis:
-    """A client for ``url``; every call bounded by ``socket_timeout`` (connect and read)."""
+            cluster: bool = False, retry: Retry | None = None) -> redis.Redis:
+    """A client for ``url``; every call bounded by ``socket_timeout`` (connect and read);
+    ``retry``: redis-py's retry policy for every kind of client (default: redis-py's own)."""
     timeouts: dict[str, Any] = {"socket_timeout": socket_timeout, "socket_connect_timeout": socket_timeout}
+    if retry is not None:
+        timeouts["retry"] = retry
     if url.startswith(SENTINEL_SCHEME):
         if not master_name:
             raise ValueError("a sentinel:// URL needs master_name")

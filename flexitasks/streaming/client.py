@@ -30,8 +30,6 @@ POLL = 1.0
 BATCH = 512
 
 
-
-
 def _sync_settings() -> Any:
     return app.settings.sync
 

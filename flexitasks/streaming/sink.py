@@ -19,7 +19,6 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-import redis
 from celery import Task
 from celery.signals import task_failure, task_success
 from redis.backoff import NoBackoff
@@ -49,14 +48,11 @@ class StreamTarget:
 
 
 def _new_writer(target: StreamTarget) -> StreamWriter:
-    if target.redis_url.startswith("sentinel://") or target.cluster:  # Sentinel's master or a Cluster
-        return StreamWriter(connect(target.redis_url, socket_timeout=target.socket_timeout,
-                                    master_name=target.master_name, cluster=target.cluster))
-    # One quick retry, no backoff: a stream is live or useless, and a writer that waits seconds
-    # per batch for a Redis that is down only piles up entries nobody will read.
-    client = redis.Redis.from_url(target.redis_url, socket_timeout=target.socket_timeout,
-                                  socket_connect_timeout=target.socket_timeout, retry=Retry(NoBackoff(), 1))
-    return StreamWriter(client)
+    # One quick retry, no backoff (single Redis, Sentinel's master or a Cluster alike): a stream
+    # is live or useless, and a writer that waits seconds per batch for a Redis that is down
+    # only piles up entries nobody will read.
+    return StreamWriter(connect(target.redis_url, socket_timeout=target.socket_timeout,
+                                master_name=target.master_name, cluster=target.cluster, retry=Retry(NoBackoff(), 1)))
 
 
 _writers: PerProcess[dict[StreamTarget, StreamWriter]] = PerProcess(dict)
