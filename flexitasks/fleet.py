@@ -23,10 +23,6 @@ STATE_COLOURS = {"closed": "green", "open": "red", "forced_open": "bold red", "h
 """How the CLI and the demo colour a breaker state (rich markup)."""
 
 
-def redis_client(url: str, socket_timeout: float) -> redis.Redis:
-    return redis.Redis.from_url(url, socket_timeout=socket_timeout, socket_connect_timeout=socket_timeout)
-
-
 def safe_url(url: str) -> str:
     """A Redis URL fit to print: the password replaced by ``***``."""
     parts = urlsplit(url)

@@ -75,10 +75,6 @@ def connect(url: str, *, socket_timeout: float, master_name: str | None = None,
     return redis.Redis.from_url(url, **timeouts)
 
 
-def is_cluster(client: object) -> bool:
-    return isinstance(client, RedisCluster)
-
-
 def sync_client(sync: SyncSettings) -> redis.Redis:
     """The client of ``[sync]``: breakers, their events, process views, limits."""
     return connect(sync.redis_url, socket_timeout=sync.socket_timeout, master_name=sync.master_name,
