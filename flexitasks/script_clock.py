@@ -8,6 +8,7 @@ side of the rule (``clock``, ``finite``, ``fmt``) is ``script_clock.lua``, a pre
 
 from __future__ import annotations
 
+import functools
 import importlib.resources
 import math
 from collections.abc import Callable
@@ -15,9 +16,10 @@ from collections.abc import Callable
 PRELUDE = "script_clock.lua"
 
 
+@functools.cache
 def script_source(package: str, name: str) -> str:
     """The Lua script ``name`` of ``package`` as Redis runs it: the shared prelude first,
-    so both scripts read the clock and write floats by one copy of the rule."""
+    so both scripts read the clock and write floats by one copy of the rule (read once)."""
     files = importlib.resources.files
     prelude = files("flexitasks").joinpath(PRELUDE).read_text("utf-8")
     return prelude + "\n" + files(package).joinpath(name).read_text("utf-8")

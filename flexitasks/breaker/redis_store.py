@@ -60,11 +60,6 @@ class InvalidBreakerOperation(BreakerStoreError, ValueError):
     """A malformed call (unknown op, bad argument or policy): a bug, never retry it."""
 
 
-@functools.lru_cache(maxsize=1)
-def _script_source() -> str:
-    return script_source("flexitasks.breaker", "transition.lua")
-
-
 @functools.lru_cache(maxsize=128)
 def _policy_argv(policy: BreakerPolicy) -> tuple[str, ...]:
     """ARGV[6..13]; floats as repr() so Lua's tonumber reads back the exact double."""
@@ -120,7 +115,7 @@ class RedisBreakerStore(OperationStore):
         self._clock = clock
         self._rng = rng if rng is not None else random.Random()
         self._secret = event_secret or ""  # signs the events the script publishes; ARGV only, never stored
-        self._script = client.register_script(_script_source())
+        self._script = client.register_script(script_source("flexitasks.breaker", "transition.lua"))
 
     # ------------------------------------------------------------ keys
 

@@ -33,11 +33,6 @@ from flexitasks.script_clock import clock_arg, script_source
 __all__ = ["RedisLimiterBackend"]
 
 
-@functools.lru_cache(maxsize=1)
-def _script_source() -> str:
-    return script_source("flexitasks.limits", "limit.lua")
-
-
 def _num(value: float | int | None) -> str:
     """A limit for ARGV: '' when off; floats as repr() so Lua reads the exact double."""
     return "" if value is None else repr(float(value))
@@ -72,7 +67,7 @@ class RedisLimiterBackend:
         self._prefix = key_prefix
         self._client = client
         self._clock = clock
-        self._script = client.register_script(_script_source())
+        self._script = client.register_script(script_source("flexitasks.limits", "limit.lua"))
 
     def keys(self, provider: str) -> list[str]:
         return [provider_key(self._prefix, provider, "limit"), provider_key(self._prefix, provider, "lease")]
