@@ -62,6 +62,16 @@ def test_sse_events_are_framed_across_chunk_boundaries_and_line_endings() -> Non
     assert len(seen) == len(chunks)  # every chunk counted as the connection being alive
 
 
+
+def test_sse_one_whole_event_per_chunk_reads_the_same_as_any_other_cut() -> None:
+    """Providers send one event per chunk, read the short way: same events as the bytes cut anywhere."""
+    chunks = [b"event: ping\n", b'data: {"a": 1}\n\n', b'data: {"b": 2}\n\n', b'data: {"c"', b': 3}\n\n',
+              b"data: x\r\n\r\n", b"data: two\ndata: lines\n\n", b"data: [DONE]\n\n"]
+    raw = b"".join(chunks)
+    cut_anywhere = list(sse.events(raw[i : i + 3] for i in range(0, len(raw), 3)))
+    assert list(sse.events(chunks)) == cut_anywhere == [
+        ("ping", b'{"a": 1}'), ("", b'{"b": 2}'), ("", b'{"c": 3}'), ("", b"x"), ("", b"two\nlines"), ("", b"[DONE]")]
+
 # ------------------------------------------------------------------ the lean path
 
 

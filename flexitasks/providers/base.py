@@ -11,7 +11,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 import httpx2
 
@@ -47,9 +47,12 @@ class ProviderAdapter(Protocol):
 
 
 def body_chunks(response: httpx2.Response) -> Iterator[bytes]:
-    """The answer's bytes as they arrive: raw when the body is not content-encoded (an event
-    stream never is, in practice), skipping httpx's decoder and re-chunking of every chunk."""
-    return response.iter_bytes() if "content-encoding" in response.headers else response.iter_raw()
+    """The answer's bytes as they arrive. Not content-encoded (an event stream never is, in
+    practice): the response's own byte stream, as the transport hands it over, without
+    ``iter_raw``'s re-chunking generator around every chunk. The caller closes the response."""
+    if "content-encoding" in response.headers:
+        return response.iter_bytes()
+    return iter(cast(httpx2.SyncByteStream, response.stream))
 
 
 def require_key(settings: ProviderSettings) -> str:

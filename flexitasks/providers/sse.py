@@ -30,6 +30,11 @@ def events(chunks: Iterable[bytes], on_bytes: Callable[[], None] | None = None) 
     for chunk in chunks:
         if on_bytes is not None:
             on_bytes()
+        if not buffer and not data and chunk.startswith(b"data: ") and chunk.find(b"\n") == len(chunk) - 2 \
+                and chunk.endswith(b"\n\n"):
+            yield name, chunk[6:-2]  # the usual chunk: one whole event of one data line
+            name = ""
+            continue
         buffer += chunk
         if b"\n" not in chunk:
             continue
