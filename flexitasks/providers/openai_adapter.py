@@ -8,7 +8,8 @@ body=..., stream=True)`` (its "undocumented endpoints" API): same client, auth, 
 headers and typed status errors as ``chat.completions.create``, without its per-call
 walk of the typed-dict parameter annotations (``maybe_transform``), which changes nothing
 in a body that ``wire.openai_params`` already builds as plain JSON (about a fifth of the
-adapter's CPU per call).
+adapter's CPU per call). The path goes as the absolute URL the SDK resolved for it once
+per client (``base.Endpoint``).
 
 An answer is complete when a chunk carries ``finish_reason`` (and, when the endpoint
 sends it, the usage chunk that follows); a stream that ends before that is truncated,
@@ -29,7 +30,7 @@ from flexitasks.failures import FailureKind, ProviderFailure
 from flexitasks.models import ChatRequest
 from flexitasks.per_process import PerProcess
 from flexitasks.providers import sse
-from flexitasks.providers.base import Completion, OnDelta, Reading, ToolCalls, body_chunks, require_key
+from flexitasks.providers.base import Completion, Endpoint, OnDelta, Reading, ToolCalls, body_chunks, require_key
 from flexitasks.providers.classify import error_event
 from flexitasks.providers.deadlines import StreamWatch, WatchedTransport, http_timeout
 from flexitasks.providers.wire import openai_params
@@ -126,28 +127,28 @@ class OpenAIAdapter:
     def __init__(self, settings: ProviderSettings) -> None:
         self.name = settings.name
         self.settings = settings
-        self._client = PerProcess(self._make_client)
+        self._endpoint = PerProcess(self._make_endpoint)
 
-    def _make_client(self) -> openai.OpenAI:
-        return openai.OpenAI(
+    def _make_endpoint(self) -> Endpoint[openai.OpenAI]:
+        return Endpoint.of(openai.OpenAI(
             api_key=require_key(self.settings),
             base_url=self.settings.base_url,
             max_retries=0,
             http_client=openai.DefaultHttpxClient(transport=WatchedTransport(self.settings.ca_bundle)),
-        )
+        ), "/chat/completions")
 
     def _params(self, request: ChatRequest) -> dict[str, Any]:
         return openai_params(request, self.settings)
 
     def complete(self, request: ChatRequest, budget: float, on_delta: OnDelta | None = None) -> Completion:
-        client = self._client.get()  # before the clock starts: building it is not the provider's delay
+        endpoint = self._endpoint.get()  # before the clock starts: building it is not the provider's delay
         params = self._params(request)
         with StreamWatch(self.settings, budget) as watch:
             reading = Reading(self.settings, on_delta)
             answer = _Answer(self.settings.model, watch, reading)
             try:
-                response = client.post(
-                    "/chat/completions", cast_to=httpx2.Response, body=params, stream=True,
+                response = endpoint.client.post(
+                    endpoint.url, cast_to=httpx2.Response, body=params, stream=True,
                     options={"timeout": http_timeout(self.settings, budget), "security": _BEARER},
                 )
                 try:
