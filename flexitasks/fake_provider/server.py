@@ -34,6 +34,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import TYPE_CHECKING, Any, Literal
 from urllib.parse import parse_qs, urlsplit
 
+import orjson
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from flexitasks.fake_provider import answers
@@ -443,8 +444,14 @@ class _Handler(BaseHTTPRequestHandler):
                 "usage": {"input_tokens": a.input_tokens, "output_tokens": a.output_tokens}}
 
     def _stream(self, openai: bool, a: _Answer, body: dict[str, Any], fault: Fault | None) -> None:
-        """SSE over chunked encoding (keeps the connection reusable); one write per event."""
+        """SSE over chunked encoding (keeps the connection reusable). When a fault times or
+        breaks the stream, one write per event as it is produced; otherwise the same bytes in
+        one write, as a buffered server sends a burst: a write per event made a streamed call
+        cost the fake 0.3 ms more CPU than a non-streamed one, on the cores benchmarks share."""
         mode = fault.mode if fault else "normal"
+        paced = fault is not None and (fault.first_token_delay > 0 or fault.stall_after_chunks is not None
+                                       or mode != "normal")
+        held: list[bytes] = []
         self.send_response(200)
         self.send_header("Content-Type", "text/event-stream; charset=utf-8")
         self.send_header("Cache-Control", "no-cache")
@@ -454,12 +461,15 @@ class _Handler(BaseHTTPRequestHandler):
             self.close_connection = True
         self.end_headers()
 
-        def send(text: str) -> None:
-            data = text.encode()
-            self.wfile.write(b"%x\r\n%s\r\n" % (len(data), data))
+        def send(data: bytes) -> None:
+            framed = b"%x\r\n%s\r\n" % (len(data), data)
+            if paced:
+                self.wfile.write(framed)
+            else:
+                held.append(framed)
 
         def event(obj: dict[str, Any]) -> None:
-            send(f"event: {obj['type']}\ndata: {json.dumps(obj)}\n\n")
+            send(b"event: %s\ndata: %s\n\n" % (obj["type"].encode(), orjson.dumps(obj)))
 
         rid = _rid("chatcmpl-" if openai else "msg_")
         usage = {"prompt_tokens": a.input_tokens, "completion_tokens": a.output_tokens,
@@ -472,7 +482,7 @@ class _Handler(BaseHTTPRequestHandler):
                                    [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}]}
             if with_usage:
                 obj["usage"] = usage if last else None
-            send(f"data: {json.dumps(obj)}\n\n")
+            send(b"data: %s\n\n" % orjson.dumps(obj))  # compact, as the APIs send it
 
         if openai:
             chunk({"role": "assistant", "content": ""})
@@ -496,15 +506,15 @@ class _Handler(BaseHTTPRequestHandler):
             if mode == "error_event" and i == cut:
                 return self._error_event(openai, fault.error_code if fault else None, fault.message if fault else None)
             if mode == "malformed" and i == cut:
-                send('data: {"id": "broken", "choices": [{"delta": {"content": \n\n' if openai else
-                     'event: content_block_delta\ndata: {"type": "content_block_delta", "index": 0, \n\n')
+                send(b'data: {"id": "broken", "choices": [{"delta": {"content": \n\n' if openai else
+                     b'event: content_block_delta\ndata: {"type": "content_block_delta", "index": 0, \n\n')
             step()
         if openai:
             chunk({}, a.finish(openai))
             if with_usage:
                 chunk({}, last=True)
             if mode != "no_done":
-                send("data: [DONE]\n\n")
+                send(b"data: [DONE]\n\n")
         else:
             if a.content and not a.calls:
                 event({"type": "content_block_stop", "index": 0})
@@ -512,6 +522,10 @@ class _Handler(BaseHTTPRequestHandler):
                    "delta": {"stop_reason": a.finish(openai), "stop_sequence": None}})
             if mode != "no_done":
                 event({"type": "message_stop"})
+        if held:
+            held.append(b"0\r\n\r\n")  # the end of the chunked body
+            self.wfile.write(b"".join(held))
+            return None
         return self._end_stream()
 
     @staticmethod
