@@ -24,7 +24,7 @@ from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
-from benchmarks.common import Fakes, Table, log, num, percentile
+from benchmarks.common import Fakes, Table, log, num, percentile, redis_client
 
 LEVELS = (4, 32, 128, 256)
 LATENCY = 1.0  # seconds every fake call takes: the limit is C calls/s
@@ -41,6 +41,8 @@ class Row:
     answers: list[tuple[float, float]] = field(default_factory=list)  # (finished at, round trip)
     failed: int = 0
     cpu_s: float = 0.0
+    queue: str = ""  # the broker queue its tasks go to
+    depth: list[tuple[int, int]] = field(default_factory=list)  # (waiting in the broker, held by the worker)
     idle_rss: float = float("nan")
     loaded_rss: float = float("nan")
 
@@ -82,6 +84,34 @@ def keep_in_flight(send: Callable[[], Any], row: Row, on_loaded: Callable[[], No
     return start
 
 
+class BrokerDepth:
+    """Samples, every 0.25 s while a row runs, the messages waiting in its Redis queue and
+    those its worker holds (delivered, not yet acked: kombu's ``unacked`` hash; one worker
+    is measured at a time): tasks waiting in the broker while the worker holds fewer than C
+    mean its consumer fetches too slowly."""
+
+    def __init__(self, row: Row) -> None:
+        self.row, self._stop = row, threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+
+    def _sample(self) -> None:
+        client = redis_client()
+        while not self._stop.wait(0.25):
+            pipe = client.pipeline(transaction=False)
+            pipe.llen(self.row.queue)
+            pipe.hlen("unacked")
+            waiting, held = pipe.execute()
+            self.row.depth.append((int(waiting), int(held)))
+
+    def __enter__(self) -> BrokerDepth:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
 def _measure(quick: bool) -> list[Table]:
     from benchmarks.overhead import Variant, _variants, rss_mb, start_worker, stop_worker, wait_ready, worker_cpu
 
@@ -104,7 +134,8 @@ def _measure(quick: bool) -> list[Table]:
         if c == max(LEVELS):
             plan.append((split, [("flexitasks", f"ft-split{i}-conc{c}", ("-Q", "ft-split"), c // 2) for i in (1, 2)]))
         log(f"concurrency C={c}: {len(plan)} variants, --pool threads, {seconds:g} s each")
-        group = tuple(Row(v.name, c, seconds) for v, _ in plan)
+        queues = ("flexitasks", "plain", "nap", "ft-split")  # the overhead config's queue, then -Q of each
+        group = tuple(Row(v.name, c, seconds, queue=q) for (v, _), q in zip(plan, queues, strict=False))
         workers = [[start_worker(app, name, *extra, pool="threads", concurrency=n) for app, name, extra, n in specs]
                    for _, specs in plan]
         try:
@@ -122,7 +153,8 @@ def _measure(quick: bool) -> list[Table]:
                 def loaded(procs: list[Any] = procs, row: Row = row) -> None:
                     row.loaded_rss = sum(rss_mb(p.pid) for p in procs)
 
-                start = keep_in_flight(v.send, row, loaded)
+                with BrokerDepth(row):
+                    start = keep_in_flight(v.send, row, loaded)
                 row.cpu_s = sum(worker_cpu(p) for p in procs) - cpu0
                 row.answers = [(at - start, rt) for at, rt in row.answers]  # times relative to the start
                 log(f"  {row.name}: {row.rate(0.0):.1f} calls/s, {row.failed} failed")
@@ -134,11 +166,19 @@ def _measure(quick: bool) -> list[Table]:
     return [_table(rows, seconds)]
 
 
+def _depth(row: Row) -> str:
+    if not row.depth:
+        return "-"
+    waiting, held = zip(*row.depth, strict=True)
+    return f"{percentile(waiting, 50):.0f} ({max(waiting)}) / {percentile(held, 50):.0f} ({max(held)})"
+
+
 def _table(rows: list[tuple[Row, ...]], seconds: float) -> Table:
     table = Table(
         f"Concurrency: one --pool threads worker, C calls in flight, the fake answering in {LATENCY:g} s",
         ["C", "task", "calls/s", "of the limit C/1 s", "vs hand-written", "p50 ms", "p99 ms", "failed",
-         "worker CPU ms / call", "worker RSS MB idle -> loaded", "RSS KB / call in flight"],
+         "worker CPU ms / call", "worker RSS MB idle -> loaded", "RSS KB / call in flight",
+         "waiting in the broker / held by the worker, median (max)"],
     )
     for group in rows:
         base = group[1].rate(0.0)
@@ -150,7 +190,7 @@ def _table(rows: list[tuple[Row, ...]], seconds: float) -> Table:
                       f"{rate / base:.2f}x" if base else "-",
                       num(percentile(rts, 50) * 1000, 0), num(percentile(rts, 99) * 1000, 0), row.failed,
                       num(row.cpu_s * 1000 / calls, 2) if calls else "-",
-                      f"{num(row.idle_rss)} -> {num(row.loaded_rss)}", num(per_call, 0))
+                      f"{num(row.idle_rss)} -> {num(row.loaded_rss)}", num(per_call, 0), _depth(row))
     table.notes += [
         f"Per row: a worker of its own (`celery worker --pool threads --concurrency C`), warmed for 3 s, then "
         f"C producer threads in a closed loop for {seconds:g} s; calls/s and p50/p99 count the answers after "
@@ -162,6 +202,10 @@ def _table(rows: list[tuple[Row, ...]], seconds: float) -> Table:
         f"{NAP}: a plain Celery task that only sleeps {LATENCY:g} s (no HTTP, no provider): what Celery's "
         "threads pool, the Redis broker and this producer reach at C on this machine, the ceiling of any "
         "task that waits on a provider.",
+        "Waiting / held: tasks in the worker's Redis queue not yet fetched, and tasks its worker holds "
+        "(fetched, not yet acked), sampled every 0.25 s of the window. Tasks waiting while the worker holds "
+        "fewer than C: its one consumer thread (a Redis round trip per message fetched, and one more to note "
+        "it unacked, each needing the GIL back from the busy threads) is what limits the rate.",
         f"{SPLIT} (largest C only): the same C calls in flight, served by two `--pool threads` workers of "
         "C/2 threads each on one queue (one process per core); CPU and RSS summed over both.",
     ]

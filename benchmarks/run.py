@@ -25,6 +25,7 @@ from benchmarks import (
     KEY_PREFIX,
     LOG_FILE,
     REDIS_URL,
+    call_path,
     concurrency,
     cost,
     limits,
@@ -46,6 +47,7 @@ BENCHMARKS: dict[str, tuple[str, Callable[..., list[Table]]]] = {
     "limits": ("Fleet-wide limits", limits.run),
     "streaming": ("Streaming to the caller and asyncio producers", streaming.run),
     "overhead": ("Overhead against hand-written tasks", overhead.run),
+    "call_path": ("The per-call path in one process", call_path.run),
     "concurrency": ("Concurrency: many slow calls per threads-pool worker", concurrency.run),
 }
 RESULTS = Path(__file__).resolve().parent / "results.md"
