@@ -35,6 +35,7 @@ def flood_workers(redis_client, fakes) -> Iterator[list[str]]:
             stop_worker(proc)
 
 
+@pytest.mark.timeout(max(180, TASKS * 18 // 1000))  # 18 ms a task: 180 s for CI's 10,000, 30 min for 100,000
 def test_a_flood_of_tasks_against_faulty_providers_loses_none_and_matches_the_providers_logs(
     flood_workers, clean
 ):
