@@ -19,7 +19,6 @@ import json
 from typing import Any
 
 import anthropic
-import httpx2
 import orjson
 
 from flexitasks.config import ProviderSettings
@@ -27,7 +26,7 @@ from flexitasks.failures import FailureKind, ProviderFailure
 from flexitasks.models import ChatRequest
 from flexitasks.per_process import PerProcess
 from flexitasks.providers import sse
-from flexitasks.providers.base import Completion, Endpoint, OnDelta, Reading, ToolCalls, body_chunks, require_key
+from flexitasks.providers.base import Completion, Endpoint, OnDelta, Reading, ToolCalls, require_key
 from flexitasks.providers.classify import error_event
 from flexitasks.providers.deadlines import StreamWatch, WatchedTransport, http_timeout
 from flexitasks.providers.wire import anthropic_params
@@ -126,7 +125,7 @@ class AnthropicAdapter:
         self.settings = settings
         self._endpoint = PerProcess(self._make_endpoint)
 
-    def _make_endpoint(self) -> Endpoint[anthropic.Anthropic]:
+    def _make_endpoint(self) -> Endpoint:
         return Endpoint.of(anthropic.Anthropic(
             api_key=require_key(self.settings),
             base_url=self.settings.base_url,
@@ -144,15 +143,9 @@ class AnthropicAdapter:
             reading = Reading(self.settings, on_delta)
             answer = _Answer(self.settings.model, watch, reading)
             try:
-                response = endpoint.client.post(
-                    endpoint.url, cast_to=httpx2.Response, body=params, stream=True,
-                    options={"timeout": http_timeout(self.settings, budget)},
-                )
-                try:
-                    for name, data in sse.events(body_chunks(response), reading.bytes_arrived):
+                with endpoint.stream(params, {"timeout": http_timeout(self.settings, budget)}) as chunks:
+                    for name, data in sse.events(chunks, reading.bytes_arrived):
                         answer.feed(name, data)
-                finally:
-                    response.close()
             except Exception as exc:
                 if answer.stop_reason is None:  # after the stop reason the answer is whole, whatever happens
                     raise reading.failed(exc, watch) from None

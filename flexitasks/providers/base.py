@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Generic, Protocol, TypeVar, cast
+from typing import Any, Protocol, cast
 
 import httpx2
 
@@ -22,7 +23,6 @@ from flexitasks.providers.classify import is_connection_error
 from flexitasks.providers.deadlines import StreamWatch
 
 OnDelta = Callable[[str], None]
-C = TypeVar("C")  # an SDK client
 """Called with each piece of answer text as it arrives (``flexitasks.streaming`` relays it)."""
 
 
@@ -48,19 +48,30 @@ class ProviderAdapter(Protocol):
 
 
 @dataclass(frozen=True)
-class Endpoint(Generic[C]):
-    """An SDK client and the absolute URL of the one API path an adapter posts to, resolved
-    once by the SDK itself (its ``_prepare_url``, which merges a path into the base URL).
-    ``client.post`` takes an absolute URL as it takes a path, and only parses it: merging a
-    path into the base URL on every call cost about 28 us of the SDK's 230 us of request
-    building."""
+class Endpoint:
+    """An SDK client (``openai.OpenAI`` or ``anthropic.Anthropic``) and the absolute URL of
+    the one API path an adapter posts to, resolved once by the SDK itself (its
+    ``_prepare_url``, which merges a path into the base URL). ``client.post`` takes an
+    absolute URL as it takes a path, and only parses it: merging a path into the base URL on
+    every call cost about 28 us of the SDK's 230 us of request building."""
 
-    client: C
+    client: Any
     url: str
 
     @classmethod
-    def of(cls, client: C, path: str) -> Endpoint[C]:
-        return cls(client, str(cast(Any, client)._prepare_url(path)))
+    def of(cls, client: Any, path: str) -> Endpoint:
+        return cls(client, str(client._prepare_url(path)))
+
+    @contextmanager
+    def stream(self, body: dict[str, Any], options: dict[str, Any]) -> Iterator[Iterator[bytes]]:
+        """POST ``body`` with the answer streamed, through the SDK's documented ``client.post``
+        (its auth, headers and typed status errors); yields the answer's bytes as they arrive
+        (``body_chunks``) and closes the response after, however the reading ends."""
+        response = self.client.post(self.url, cast_to=httpx2.Response, body=body, stream=True, options=options)
+        try:
+            yield body_chunks(response)
+        finally:
+            response.close()
 
 
 def body_chunks(response: httpx2.Response) -> Iterator[bytes]:

@@ -9,7 +9,7 @@ headers and typed status errors as ``chat.completions.create``, without its per-
 walk of the typed-dict parameter annotations (``maybe_transform``), which changes nothing
 in a body that ``wire.openai_params`` already builds as plain JSON (about a fifth of the
 adapter's CPU per call). The path goes as the absolute URL the SDK resolved for it once
-per client (``base.Endpoint``).
+per client (``base.Endpoint``, which also closes the response however the reading ends).
 
 An answer is complete when a chunk carries ``finish_reason`` (and, when the endpoint
 sends it, the usage chunk that follows); a stream that ends before that is truncated,
@@ -21,7 +21,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import httpx2
 import openai
 import orjson
 
@@ -30,7 +29,7 @@ from flexitasks.failures import FailureKind, ProviderFailure
 from flexitasks.models import ChatRequest
 from flexitasks.per_process import PerProcess
 from flexitasks.providers import sse
-from flexitasks.providers.base import Completion, Endpoint, OnDelta, Reading, ToolCalls, body_chunks, require_key
+from flexitasks.providers.base import Completion, Endpoint, OnDelta, Reading, ToolCalls, require_key
 from flexitasks.providers.classify import error_event
 from flexitasks.providers.deadlines import StreamWatch, WatchedTransport, http_timeout
 from flexitasks.providers.wire import openai_params
@@ -129,7 +128,7 @@ class OpenAIAdapter:
         self.settings = settings
         self._endpoint = PerProcess(self._make_endpoint)
 
-    def _make_endpoint(self) -> Endpoint[openai.OpenAI]:
+    def _make_endpoint(self) -> Endpoint:
         return Endpoint.of(openai.OpenAI(
             api_key=require_key(self.settings),
             base_url=self.settings.base_url,
@@ -146,16 +145,11 @@ class OpenAIAdapter:
         with StreamWatch(self.settings, budget) as watch:
             reading = Reading(self.settings, on_delta)
             answer = _Answer(self.settings.model, watch, reading)
+            options = {"timeout": http_timeout(self.settings, budget), "security": _BEARER}
             try:
-                response = endpoint.client.post(
-                    endpoint.url, cast_to=httpx2.Response, body=params, stream=True,
-                    options={"timeout": http_timeout(self.settings, budget), "security": _BEARER},
-                )
-                try:
-                    for name, data in sse.events(body_chunks(response), reading.bytes_arrived):
+                with endpoint.stream(params, options) as chunks:
+                    for name, data in sse.events(chunks, reading.bytes_arrived):
                         answer.feed(name, data)
-                finally:
-                    response.close()
             except Exception as exc:
                 if answer.finish is None:  # after finish_reason the answer is whole, whatever happens
                     raise reading.failed(exc, watch) from None
