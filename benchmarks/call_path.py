@@ -53,14 +53,17 @@ def _paths() -> dict[str, Callable[[], Any]]:
     def traced(trace: Callable[..., Any], name: str) -> Callable[[], Any]:
         def call() -> Any:
             request = _request(name)
-            return trace(request["id"], (MESSAGES,), {}, request)
+            retval, failure = trace(request["id"], (MESSAGES,), {}, request)[:2]
+            if failure is not None:  # the tracer does not raise (propagate=False): a failed run is no call to count
+                raise RuntimeError(f"{name} failed: {failure.exception!r}")
+            return retval
         return call
 
     return {
         "`chat_task` through Celery's tracer": traced(trace_ours, ours.name),
         "hand-written SDK task through Celery's tracer": traced(trace_theirs, theirs.name),
         "`chat_task`'s body: validation, router, provider call": lambda: router.run(
-            ChatRequest.parse(MESSAGES, {}, max_bytes=1 << 20)).model_dump(),
+            ChatRequest.parse(MESSAGES, {}, max_bytes=app.settings.requests.max_request_bytes)).model_dump(),
         "hand-written task's body: the SDK's `create()`": lambda: plain_tasks.sdk.run(MESSAGES),
     }
 

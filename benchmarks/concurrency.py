@@ -31,6 +31,7 @@ LATENCY = 1.0  # seconds every fake call takes: the limit is C calls/s
 RAMP = 2.0  # seconds of each window not counted: the first answers of C tasks sent at once
 NAP = "plain task that only sleeps (Celery's ceiling)"
 SPLIT = "`chat_task`, two workers of C/2 threads"
+NAP_QUEUE, SPLIT_QUEUE = "nap", "ft-split"
 
 
 @dataclass
@@ -118,36 +119,35 @@ def _measure(quick: bool) -> list[Table]:
     variants, _ = _variants()  # sets the producer's app to the overhead config (request deadline 120 s)
     from benchmarks import plain_tasks  # after _variants has set the environment it reads at import
     from benchmarks.overhead import MESSAGES
-    from flexitasks import chat_task
+    from flexitasks import app, chat_task
 
-    nap = Variant(NAP, lambda: plain_tasks.nap.apply_async((LATENCY,), queue="nap"))
-    split = Variant(SPLIT, lambda: chat_task.apply_async((MESSAGES,), queue="ft-split"))
+    nap = Variant(NAP, lambda: plain_tasks.nap.apply_async((LATENCY,), queue=NAP_QUEUE))
+    split = Variant(SPLIT, lambda: chat_task.apply_async((MESSAGES,), queue=SPLIT_QUEUE))
     seconds = 8.0 if quick else 15.0
     rows: list[tuple[Row, ...]] = []
     for c in LEVELS:
-        # (variant, its workers: app, name, extra arguments, threads), measured one variant at a time
-        plan: list[tuple[Variant, list[tuple[str, str, tuple[str, ...], int]]]] = [
-            (variants[0], [("flexitasks", f"ft-conc{c}", (), c)]),
-            (variants[1], [("benchmarks.plain_tasks", f"plain-conc{c}", ("-Q", "plain"), c)]),
-            (nap, [("benchmarks.plain_tasks", f"nap-conc{c}", ("-Q", "nap"), c)]),
+        # (variant, the queue its workers consume, its workers: app, name, threads), one variant measured at a time
+        plan: list[tuple[Variant, str, list[tuple[str, str, int]]]] = [
+            (variants[0], app.settings.celery.queue, [("flexitasks", f"ft-conc{c}", c)]),
+            (variants[1], plain_tasks.QUEUE, [("benchmarks.plain_tasks", f"plain-conc{c}", c)]),
+            (nap, NAP_QUEUE, [("benchmarks.plain_tasks", f"nap-conc{c}", c)]),
         ]
         if c == max(LEVELS):
-            plan.append((split, [("flexitasks", f"ft-split{i}-conc{c}", ("-Q", "ft-split"), c // 2) for i in (1, 2)]))
+            plan.append((split, SPLIT_QUEUE, [("flexitasks", f"ft-split{i}-conc{c}", c // 2) for i in (1, 2)]))
         log(f"concurrency C={c}: {len(plan)} variants, --pool threads, {seconds:g} s each")
-        queues = ("flexitasks", "plain", "nap", "ft-split")  # the overhead config's queue, then -Q of each
-        group = tuple(Row(v.name, c, seconds, queue=q) for (v, _), q in zip(plan, queues, strict=False))
-        workers = [[start_worker(app, name, *extra, pool="threads", concurrency=n) for app, name, extra, n in specs]
-                   for _, specs in plan]
+        group = tuple(Row(v.name, c, seconds, queue=queue) for v, queue, _ in plan)
+        workers = [[start_worker(app_name, name, "-Q", queue, pool="threads", concurrency=n)
+                    for app_name, name, n in specs] for _, queue, specs in plan]
         try:
-            for procs, (v, _) in zip(workers, plan, strict=True):
+            for procs, (v, _, _) in zip(workers, plan, strict=True):
                 for proc in procs:
                     wait_ready(proc, v.send, children=0)
             time.sleep(1.0)
-            for procs, (v, _), row in zip(workers, plan, group, strict=True):
+            for procs, (v, _, _), row in zip(workers, plan, group, strict=True):
                 row.idle_rss = sum(rss_mb(p.pid) for p in procs)
                 warm = Row(row.name, c, min(3.0, seconds))  # opens the worker's and producer's connections
                 keep_in_flight(v.send, warm, lambda: None)
-            for procs, (v, _), row in zip(workers, plan, group, strict=True):
+            for procs, (v, _, _), row in zip(workers, plan, group, strict=True):
                 cpu0 = sum(worker_cpu(p) for p in procs)
 
                 def loaded(procs: list[Any] = procs, row: Row = row) -> None:
